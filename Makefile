@@ -1,0 +1,85 @@
+# mpqr: Mercado Pago in-store QR payments from PostgreSQL (PGXS build)
+#
+#   make deps       install the Debian packages the build and the tests need
+#   make            build;  make install  install into the PostgreSQL 15 tree
+#   make test       everything: deps, build, install, then every test
+#   make demo       the whole flow against the simulator, on a throwaway cluster
+#   make fuzz       build the libFuzzer targets (FUZZ_SECONDS=60 make fuzz-run)
+
+EXTENSION = mpqr
+EXTVERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))mpqr.control)
+
+MODULE_big = mpqr
+OBJS = \
+	src/mpqr.o \
+	src/guc.o \
+	src/shmem.o \
+	src/worker.o \
+	src/wake.o \
+	src/status.o \
+	src/http_client.o \
+	src/sender.o \
+	src/signature.o \
+	src/signature_sql.o \
+	src/listener_request.o \
+	src/listener_http.o \
+	src/listener.o
+
+# The install script is assembled from per-concern sources, in name order.
+INSTALL_SOURCES = $(sort $(wildcard sql/install/*.sql))
+DATA_built = mpqr--$(EXTVERSION).sql
+DATA = $(wildcard sql/upgrade/mpqr--*--*.sql)
+EXTRA_CLEAN = results regression.diffs regression.out
+
+SHLIB_LINK = -lcurl -lmicrohttpd -lcrypto
+PG_CPPFLAGS = -DMPQR_VERSION=\"$(EXTVERSION)\"
+
+REGRESS = accounts put_order reconcile
+REGRESS_OPTS = --load-extension=mpqr
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+.DEFAULT_GOAL := all
+
+ifneq ($(wildcard $(PGXS)),)
+include $(PGXS)
+else
+all install installcheck:
+	@echo "PostgreSQL server headers are missing: run 'make deps' first" >&2; exit 1
+endif
+
+mpqr--$(EXTVERSION).sql: $(INSTALL_SOURCES) mpqr.control
+	cat $(INSTALL_SOURCES) > $@
+
+DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-15-cron \
+	libcurl4-openssl-dev libmicrohttpd-dev libssl-dev \
+	clang libclang-rt-14-dev openssl curl \
+	python3 python3-pytest python3-psycopg2
+
+.PHONY: deps test demo fuzz fuzz-run bench
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	else echo "all build and test packages are present"; fi
+
+test:
+	bash test/run-tests.sh
+
+demo:
+	bash test/demo.sh
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	$(MAKE) -C test/fuzz
+
+fuzz-run: fuzz
+	$(MAKE) -C test/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+bench:
+	bash test/bench/run.sh

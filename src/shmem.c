@@ -1,0 +1,164 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *		Shared memory of mpqr.
+ *
+ * One small struct, asked for from shmem_request_hook and set up from
+ * shmem_startup_hook.  The spinlock guards the worker slots and the bound
+ * port; the counters are atomics that anyone may bump.  Every backend may
+ * read it, which is how mpqr_status() and the wake-at-commit callback work.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/timestamp.h"
+
+#include "shmem.h"
+
+MpqrShared *MpqrState = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+static const char *const counter_names[MPQR_NUM_COUNTERS] = {
+	[MPQR_CTR_REQUESTS_SENT] = "requests_sent",
+	[MPQR_CTR_REQUESTS_2XX] = "requests_2xx",
+	[MPQR_CTR_REQUESTS_4XX] = "requests_4xx",
+	[MPQR_CTR_REQUESTS_5XX] = "requests_5xx",
+	[MPQR_CTR_REQUESTS_NETWORK_ERROR] = "requests_network_errors",
+	[MPQR_CTR_SENDER_BATCHES] = "sender_batches",
+	[MPQR_CTR_HTTP_REQUESTS] = "listener_requests",
+	[MPQR_CTR_NOTIFICATIONS_STORED] = "notifications_stored",
+	[MPQR_CTR_SIGNATURE_REJECTED] = "signatures_rejected",
+	[MPQR_CTR_BAD_REQUESTS] = "listener_bad_requests",
+	[MPQR_CTR_UNAVAILABLE] = "listener_unavailable",
+	[MPQR_CTR_LISTENER_BATCHES] = "listener_batches",
+};
+
+static void
+mpqr_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(MpqrShared)));
+}
+
+static void
+mpqr_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	MpqrState = ShmemInitStruct("mpqr", sizeof(MpqrShared), &found);
+	if (!found)
+	{
+		memset(MpqrState, 0, sizeof(MpqrShared));
+		SpinLockInit(&MpqrState->mutex);
+		for (int i = 0; i < MPQR_NUM_COUNTERS; i++)
+			pg_atomic_init_u64(&MpqrState->counters[i], 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * Install the shared memory hooks.  Called from _PG_init while
+ * shared_preload_libraries is being processed.
+ */
+void
+MpqrShmemInit(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = mpqr_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = mpqr_shmem_startup;
+}
+
+/*
+ * Add n to a counter.  A no-op when the library was not preloaded.
+ */
+void
+MpqrCount(MpqrCounter counter, uint64 n)
+{
+	if (MpqrState != NULL)
+		pg_atomic_fetch_add_u64(&MpqrState->counters[counter], n);
+}
+
+const char *
+MpqrCounterName(MpqrCounter counter)
+{
+	return counter_names[counter];
+}
+
+/*
+ * Record the calling worker in its slot, and clear it at exit.
+ */
+static void
+worker_detach(int code, Datum arg)
+{
+	MpqrWorkerSlot *slot = (MpqrWorkerSlot *) DatumGetPointer(arg);
+
+	SpinLockAcquire(&MpqrState->mutex);
+	if (slot->pid == MyProcPid)
+	{
+		slot->pid = 0;
+		slot->latch = NULL;
+	}
+	SpinLockRelease(&MpqrState->mutex);
+}
+
+void
+MpqrWorkerAttach(MpqrWorkerSlot *slot)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&MpqrState->mutex);
+	slot->pid = MyProcPid;
+	slot->latch = &MyProc->procLatch;
+	slot->started_at = now;
+	SpinLockRelease(&MpqrState->mutex);
+	on_shmem_exit(worker_detach, PointerGetDatum(slot));
+}
+
+/*
+ * Keep the last error of a worker for mpqr_status().  NULL clears it.
+ */
+void
+MpqrWorkerSetError(MpqrWorkerSlot *slot, const char *message)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&MpqrState->mutex);
+	if (message == NULL)
+		slot->last_error[0] = '\0';
+	else
+	{
+		strlcpy(slot->last_error, message, MPQR_ERROR_LEN);
+		slot->last_error_at = now;
+	}
+	SpinLockRelease(&MpqrState->mutex);
+}
+
+/*
+ * Set the sender's latch, if it runs.
+ */
+void
+MpqrWakeSender(void)
+{
+	Latch	   *latch = NULL;
+
+	if (MpqrState == NULL)
+		return;
+	SpinLockAcquire(&MpqrState->mutex);
+	latch = MpqrState->sender.latch;
+	SpinLockRelease(&MpqrState->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}

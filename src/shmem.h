@@ -1,0 +1,69 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.h
+ *		Shared state of mpqr: worker pids and latches, counters and last
+ *		errors shown by mpqr_status().
+ *
+ * Nothing here is durable: after a crash restart the postmaster
+ * re-initialises shared memory and the workers rebuild what they need
+ * from the tables.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef MPQR_SHMEM_H
+#define MPQR_SHMEM_H
+
+#include "datatype/timestamp.h"
+#include "port/atomics.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+
+typedef enum MpqrCounter
+{
+	/* sender */
+	MPQR_CTR_REQUESTS_SENT,		/* HTTP requests completed or failed */
+	MPQR_CTR_REQUESTS_2XX,
+	MPQR_CTR_REQUESTS_4XX,
+	MPQR_CTR_REQUESTS_5XX,
+	MPQR_CTR_REQUESTS_NETWORK_ERROR,	/* timeouts, refused, TLS, drops */
+	MPQR_CTR_SENDER_BATCHES,	/* record transactions */
+	/* listener */
+	MPQR_CTR_HTTP_REQUESTS,		/* every request the listener answered */
+	MPQR_CTR_NOTIFICATIONS_STORED,
+	MPQR_CTR_SIGNATURE_REJECTED,	/* 401 under signature_policy=enforce */
+	MPQR_CTR_BAD_REQUESTS,		/* 400, 404, 405, 413 */
+	MPQR_CTR_UNAVAILABLE,		/* 503 */
+	MPQR_CTR_LISTENER_BATCHES,	/* group commits */
+	MPQR_NUM_COUNTERS
+} MpqrCounter;
+
+#define MPQR_ERROR_LEN 256
+
+typedef struct MpqrWorkerSlot
+{
+	pid_t		pid;
+	Latch	   *latch;
+	TimestampTz started_at;
+	TimestampTz last_error_at;
+	char		last_error[MPQR_ERROR_LEN];
+} MpqrWorkerSlot;
+
+typedef struct MpqrShared
+{
+	slock_t		mutex;			/* protects everything but the counters */
+	MpqrWorkerSlot sender;
+	MpqrWorkerSlot listener;
+	int			listen_port;	/* port actually bound, 0 until bound */
+	pg_atomic_uint64 counters[MPQR_NUM_COUNTERS];
+} MpqrShared;
+
+extern MpqrShared *MpqrState;
+
+extern void MpqrShmemInit(void);
+extern void MpqrCount(MpqrCounter counter, uint64 n);
+extern void MpqrWorkerAttach(MpqrWorkerSlot *slot);
+extern void MpqrWorkerSetError(MpqrWorkerSlot *slot, const char *message);
+extern void MpqrWakeSender(void);
+extern const char *MpqrCounterName(MpqrCounter counter);
+
+#endif							/* MPQR_SHMEM_H */
