@@ -1,0 +1,56 @@
+-- Stores and points of sale (POS), with the ids and QR links Mercado Pago gave them.
+
+CREATE TABLE mpqr.stores (
+    account         text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
+    external_id     text NOT NULL,
+    name            text,
+    location        jsonb,
+    business_hours  jsonb,
+    mp_store_id     text,
+    status          text NOT NULL,
+    error           text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (account, external_id),
+    CONSTRAINT stores_status_check CHECK (status IN ('queued', 'created', 'linked', 'failed'))
+);
+COMMENT ON TABLE mpqr.stores IS 'Stores of each account; mp_store_id is Mercado Pago''s id once created';
+
+CREATE TABLE mpqr.pos (
+    external_id          text PRIMARY KEY,
+    account              text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
+    store_external_id    text NOT NULL,
+    name                 text NOT NULL,
+    category             integer,
+    status               text NOT NULL,
+    mp_pos_id            bigint,
+    mp_store_id          text,
+    uuid                 text,
+    qr_image             text,
+    qr_template_document text,
+    qr_template_image    text,
+    qr_code              text,
+    error                text,
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    updated_at           timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT pos_status_check CHECK (status IN ('queued', 'created', 'linked', 'failed'))
+);
+COMMENT ON TABLE mpqr.pos IS 'Points of sale: the POS external id is the pos_id of mpqr_put_order()';
+
+-- Check the fields Mercado Pago validates on a POS.
+CREATE FUNCTION mpqr.check_pos(external_pos_id text, name text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+BEGIN
+    IF external_pos_id !~ '^[A-Za-z0-9]{1,39}$' THEN
+        RAISE EXCEPTION 'invalid POS external id "%"', external_pos_id
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Mercado Pago takes 1 to 39 letters or digits, without spaces, "-" or "_".';
+    END IF;
+    IF name = '' OR length(name) >= 45 THEN
+        RAISE EXCEPTION 'invalid POS name "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Mercado Pago takes a non-empty name of fewer than 45 characters.';
+    END IF;
+END
+$$;

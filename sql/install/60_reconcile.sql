@@ -1,0 +1,427 @@
+-- Reconciliation: what Mercado Pago's API says about orders and payments,
+-- applied through the state machine.
+--
+-- Notifications are only triggers.  Orders change state only here, from a
+-- merchant order, payment or order fetched from the API with the account's
+-- own token.  Money that Mercado Pago confirmed always wins; stale snapshots
+-- never move anything backwards.
+
+CREATE TABLE mpqr.merchant_orders (
+    id                  bigint PRIMARY KEY,
+    account             text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
+    order_id            bigint REFERENCES mpqr.orders (id) ON DELETE SET NULL,
+    external_reference  text,
+    status              text,
+    order_status        text,
+    total_amount        numeric,
+    paid_amount         numeric,
+    refunded_amount     numeric,
+    last_updated        timestamptz,
+    body                jsonb NOT NULL,
+    fetched_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX merchant_orders_reference ON mpqr.merchant_orders (account, external_reference);
+CREATE INDEX merchant_orders_order ON mpqr.merchant_orders (order_id);
+COMMENT ON TABLE mpqr.merchant_orders IS 'Every merchant order fetched from Mercado Pago (instore): one per scan';
+
+CREATE TABLE mpqr.payments (
+    id                  text PRIMARY KEY,
+    account             text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
+    order_id            bigint REFERENCES mpqr.orders (id) ON DELETE SET NULL,
+    merchant_order_id   bigint,
+    mp_order_id         text,
+    reference_id        text,
+    status              text NOT NULL,
+    status_detail       text,
+    amount              numeric,
+    amount_refunded     numeric NOT NULL DEFAULT 0,
+    currency            text,
+    operation_type      text,
+    approved_at         timestamptz,
+    last_modified       timestamptz,
+    body                jsonb,
+    updated_at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX payments_order ON mpqr.payments (order_id);
+COMMENT ON TABLE mpqr.payments IS 'Payments as Mercado Pago reports them; status is MP''s word, verbatim';
+
+CREATE TABLE mpqr.anomalies (
+    id          bigserial PRIMARY KEY,
+    order_id    bigint REFERENCES mpqr.orders (id) ON DELETE CASCADE,
+    kind        text NOT NULL,
+    detail      jsonb,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz,
+    resolution  text,
+    CONSTRAINT anomalies_kind_check CHECK (kind IN ('late_payment', 'double_payment', 'amount_mismatch',
+                                                    'shortfall', 'chargeback', 'mediation'))
+);
+CREATE UNIQUE INDEX anomalies_once ON mpqr.anomalies (order_id, kind, (detail ->> 'key'));
+COMMENT ON TABLE mpqr.anomalies IS 'Money events that need a person: see the view mpqr.anomalies_open';
+
+CREATE VIEW mpqr.anomalies_open AS
+SELECT an.id, an.kind, o.external_reference, o.account, o.pos_id, o.status, o.total_amount,
+       o.paid_amount, o.refunded_amount, an.detail, an.created_at,
+       CASE an.kind
+           WHEN 'late_payment' THEN 'The order was cancelled, superseded or expired, and then paid: deliver it, or give the money back with mpqr_refund().'
+           WHEN 'double_payment' THEN 'The customer paid more than once: refund the extra payment with mpqr_refund().'
+           WHEN 'amount_mismatch' THEN 'A merchant order with another total was paid for this reference: check it with Mercado Pago before delivering.'
+           WHEN 'shortfall' THEN 'Paid below the total (a coupon or a Mercado Pago discount): check the settlement.'
+           WHEN 'chargeback' THEN 'A payment was charged back after the sale: answer the dispute in Mercado Pago.'
+           WHEN 'mediation' THEN 'A payment is in mediation: answer the claim in Mercado Pago.'
+       END AS action
+  FROM mpqr.anomalies an
+  LEFT JOIN mpqr.orders o ON o.id = an.order_id
+ WHERE an.resolved_at IS NULL;
+COMMENT ON VIEW mpqr.anomalies_open IS 'Anomalies to work through, with the action each needs';
+
+-- Record an anomaly once (per order, kind and key), with an event and a NOTIFY.
+CREATE FUNCTION mpqr.flag(order_id bigint, kind text, detail jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    o mpqr.orders;
+BEGIN
+    INSERT INTO mpqr.anomalies (order_id, kind, detail)
+    VALUES (order_id, kind, detail)
+    ON CONFLICT DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO o FROM mpqr.orders x WHERE x.id = flag.order_id;
+    INSERT INTO mpqr.order_events (order_id, from_status, to_status, reason, detail)
+    VALUES (o.id, o.status, o.status, 'anomaly: ' || kind, detail);
+    PERFORM pg_notify('mpqr_order', jsonb_build_object(
+        'external_reference', o.external_reference, 'status', o.status, 'paid_amount', o.paid_amount,
+        'anomaly', kind, 'account', o.account, 'pos_id', o.pos_id, 'order_id', o.id)::text);
+    RAISE WARNING 'order "%": %', o.external_reference, replace(kind, '_', ' ');
+END
+$$;
+
+-- Does mpqr know this resource?  Fetches of unknown ones are rate limited.
+CREATE FUNCTION mpqr.known_resource(account text, resource text, resource_id text) RETURNS boolean
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN CASE resource
+        WHEN 'merchant_order' THEN resource_id ~ '^[0-9]{1,18}$'
+                                   AND EXISTS (SELECT 1 FROM mpqr.merchant_orders m
+                                                WHERE m.id = resource_id::bigint
+                                                  AND m.account = known_resource.account)
+        WHEN 'payment' THEN EXISTS (SELECT 1 FROM mpqr.payments p
+                                     WHERE p.id = resource_id AND p.account = known_resource.account)
+        WHEN 'order' THEN EXISTS (SELECT 1 FROM mpqr.orders o
+                                   WHERE o.mp_order_id = resource_id AND o.account = known_resource.account)
+        WHEN 'search' THEN true
+        ELSE false END;
+END
+$$;
+
+-- Parse a timestamp from the API; NULL when absent or malformed.
+CREATE FUNCTION mpqr.api_time(value text) RETURNS timestamptz
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN value::timestamptz;
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END
+$$;
+
+-- A number from the API (numbers, or strings in the Orders API).
+CREATE FUNCTION mpqr.api_numeric(value jsonb) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+AS $$
+BEGIN
+    IF value IS NULL OR jsonb_typeof(value) = 'null' THEN
+        RETURN NULL;
+    END IF;
+    RETURN (value #>> '{}')::numeric;
+EXCEPTION WHEN data_exception THEN
+    RETURN NULL;
+END
+$$;
+
+-- Insert or update a payment, unless the stored one is newer.
+CREATE FUNCTION mpqr.upsert_payment(p mpqr.payments) RETURNS void
+LANGUAGE sql VOLATILE PARALLEL UNSAFE
+AS $$
+    INSERT INTO mpqr.payments AS x (id, account, order_id, merchant_order_id, mp_order_id, reference_id,
+                                    status, status_detail, amount, amount_refunded, currency,
+                                    operation_type, approved_at, last_modified, body)
+    VALUES (p.id, p.account, p.order_id, p.merchant_order_id, p.mp_order_id, p.reference_id,
+            p.status, p.status_detail, p.amount, coalesce(p.amount_refunded, 0), p.currency,
+            p.operation_type, p.approved_at, p.last_modified, p.body)
+    ON CONFLICT (id) DO UPDATE
+       SET order_id = coalesce(excluded.order_id, x.order_id),
+           merchant_order_id = coalesce(excluded.merchant_order_id, x.merchant_order_id),
+           mp_order_id = coalesce(excluded.mp_order_id, x.mp_order_id),
+           reference_id = coalesce(excluded.reference_id, x.reference_id),
+           status = excluded.status, status_detail = excluded.status_detail,
+           amount = coalesce(excluded.amount, x.amount),
+           amount_refunded = greatest(excluded.amount_refunded, x.amount_refunded),
+           currency = coalesce(excluded.currency, x.currency),
+           operation_type = coalesce(excluded.operation_type, x.operation_type),
+           approved_at = coalesce(excluded.approved_at, x.approved_at),
+           last_modified = coalesce(excluded.last_modified, x.last_modified),
+           body = coalesce(excluded.body, x.body), updated_at = now()
+     WHERE x.last_modified IS NULL OR excluded.last_modified IS NULL
+        OR excluded.last_modified >= x.last_modified
+$$;
+
+-- Payment statuses of money that was confirmed at some point.
+CREATE FUNCTION mpqr.money_status(status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT status IN ('approved', 'refunded', 'in_mediation', 'charged_back', 'processed', 'accredited') $$;
+
+-- Recompute an order's money from its stored payments, and flag what is odd.
+CREATE FUNCTION mpqr.refresh_money(order_id bigint) RETURNS mpqr.orders
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    o mpqr.orders;
+    pay mpqr.payments;
+BEGIN
+    UPDATE mpqr.orders x
+       SET paid_amount = coalesce((SELECT sum(p.amount) FROM mpqr.payments p
+                                    WHERE p.order_id = x.id AND mpqr.money_status(p.status)
+                                      -- not the payments of a merchant order with another total
+                                      AND NOT EXISTS (SELECT 1 FROM mpqr.merchant_orders m
+                                                       WHERE m.id = p.merchant_order_id
+                                                         AND m.total_amount <> x.total_amount)), 0),
+           refunded_amount = greatest(x.refunded_amount,
+                                      coalesce((SELECT sum(p.amount_refunded) FROM mpqr.payments p
+                                                 WHERE p.order_id = x.id), 0)),
+           last_checked_at = now(), updated_at = now()
+     WHERE x.id = refresh_money.order_id
+    RETURNING * INTO o;
+    FOR pay IN SELECT * FROM mpqr.payments p
+                WHERE p.order_id = o.id AND p.status IN ('charged_back', 'in_mediation')
+    LOOP
+        PERFORM mpqr.flag(o.id, CASE pay.status WHEN 'charged_back' THEN 'chargeback' ELSE 'mediation' END,
+                          jsonb_build_object('key', pay.id, 'payment_id', pay.id, 'amount', pay.amount));
+    END LOOP;
+    IF o.paid_amount > o.total_amount THEN
+        PERFORM mpqr.flag(o.id, 'double_payment',
+                          jsonb_build_object('key', 'overpaid', 'paid_amount', o.paid_amount,
+                                             'total_amount', o.total_amount));
+    END IF;
+    RETURN o;
+END
+$$;
+
+-- The order is paid: move it (money wins over cancelled, superseded and
+-- expired, which also get a late_payment anomaly), and flag a shortfall.
+CREATE FUNCTION mpqr.mark_paid(o mpqr.orders, mp_id text, detail jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    was text := o.status;
+    why text := o.status_reason;
+BEGIN
+    IF mpqr.status_rank(o.status) >= 3 THEN
+        RETURN;
+    END IF;
+    UPDATE mpqr.orders x SET mp_order_id = coalesce(mp_id, x.mp_order_id) WHERE x.id = o.id;
+    IF was IN ('cancelled', 'expired', 'failed') THEN
+        PERFORM mpqr.set_status(o.id, 'paid', 'late_payment', detail || jsonb_build_object('was', was));
+        PERFORM mpqr.flag(o.id, 'late_payment',
+                          jsonb_build_object('key', 'late', 'was', was, 'reason', why) || detail);
+    ELSE
+        PERFORM mpqr.set_status(o.id, 'paid', NULL, detail);
+    END IF;
+    SELECT * INTO o FROM mpqr.orders x WHERE x.id = o.id;
+    IF o.paid_amount < o.total_amount THEN
+        PERFORM mpqr.flag(o.id, 'shortfall',
+                          jsonb_build_object('key', 'shortfall', 'paid_amount', o.paid_amount,
+                                             'total_amount', o.total_amount,
+                                             'missing', o.total_amount - o.paid_amount));
+    END IF;
+END
+$$;
+
+-- Apply a merchant order fetched from the API (instore).
+CREATE FUNCTION mpqr.apply_merchant_order(account text, mo jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    a mpqr.accounts;
+    o mpqr.orders;
+    mo_id bigint;
+    pay jsonb;
+    closed_ids bigint[];
+BEGIN
+    SELECT * INTO a FROM mpqr.accounts x WHERE x.name = apply_merchant_order.account;
+    IF jsonb_typeof(mo) <> 'object' OR NOT mo ? 'id' THEN
+        RETURN;
+    END IF;
+    -- only merchant orders of this account's collector count
+    IF (mo #>> '{collector,id}') IS DISTINCT FROM a.collector_id::text THEN
+        RETURN;
+    END IF;
+    mo_id := (mo ->> 'id')::bigint;
+    SELECT * INTO o FROM mpqr.orders x
+     WHERE x.account = a.name AND x.external_reference = mo ->> 'external_reference'
+       FOR UPDATE;
+    INSERT INTO mpqr.merchant_orders AS m (id, account, order_id, external_reference, status, order_status,
+                                           total_amount, paid_amount, refunded_amount, last_updated, body)
+    VALUES (mo_id, a.name, o.id, mo ->> 'external_reference', mo ->> 'status', mo ->> 'order_status',
+            mpqr.api_numeric(mo -> 'total_amount'), mpqr.api_numeric(mo -> 'paid_amount'),
+            mpqr.api_numeric(mo -> 'refunded_amount'), mpqr.api_time(mo ->> 'last_updated'), mo)
+    ON CONFLICT (id) DO UPDATE
+       SET status = excluded.status, order_status = excluded.order_status,
+           total_amount = excluded.total_amount, paid_amount = excluded.paid_amount,
+           refunded_amount = excluded.refunded_amount, last_updated = excluded.last_updated,
+           body = excluded.body, fetched_at = now(), order_id = coalesce(excluded.order_id, m.order_id)
+     WHERE (m.last_updated IS NULL OR excluded.last_updated IS NULL
+            OR excluded.last_updated >= m.last_updated)
+       -- a closed merchant order never reopens
+       AND NOT (m.status = 'closed' AND excluded.status IS DISTINCT FROM 'closed');
+    IF o.id IS NULL THEN
+        -- a merchant order of a reference mpqr does not know changes nothing
+        RETURN;
+    END IF;
+    FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(mo -> 'payments', '[]')) LOOP
+        PERFORM mpqr.upsert_payment(ROW(
+            pay ->> 'id', a.name, o.id, mo_id, NULL, NULL, pay ->> 'status', pay ->> 'status_detail',
+            mpqr.api_numeric(pay -> 'transaction_amount'), coalesce(mpqr.api_numeric(pay -> 'amount_refunded'), 0),
+            pay ->> 'currency_id', pay ->> 'operation_type', mpqr.api_time(pay ->> 'date_approved'),
+            mpqr.api_time(pay ->> 'last_modified'), pay, now())::mpqr.payments);
+    END LOOP;
+    o := mpqr.refresh_money(o.id);
+
+    SELECT array_agg(m.id ORDER BY m.id) INTO closed_ids
+      FROM mpqr.merchant_orders m
+     WHERE m.order_id = o.id AND m.status = 'closed';
+    IF closed_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- a closed merchant order with another total is not a payment of our order
+    PERFORM mpqr.flag(o.id, 'amount_mismatch',
+                      jsonb_build_object('key', m.id, 'merchant_order_id', m.id,
+                                         'mp_total', m.total_amount, 'total_amount', o.total_amount))
+       FROM mpqr.merchant_orders m
+      WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount <> o.total_amount;
+    SELECT array_agg(m.id ORDER BY m.id) INTO closed_ids
+      FROM mpqr.merchant_orders m
+     WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount = o.total_amount;
+    IF closed_ids IS NULL THEN
+        RETURN;
+    END IF;
+    IF array_length(closed_ids, 1) > 1 THEN
+        PERFORM mpqr.flag(o.id, 'double_payment',
+                          jsonb_build_object('key', 'merchant_orders', 'merchant_orders', to_jsonb(closed_ids)));
+    END IF;
+    PERFORM mpqr.mark_paid(o, closed_ids[1]::text, jsonb_build_object('merchant_order_id', closed_ids[1]));
+    SELECT * INTO o FROM mpqr.orders x WHERE x.id = o.id;
+    IF o.status = 'paid' AND o.paid_amount > 0 AND NOT EXISTS (
+           SELECT 1 FROM mpqr.payments p
+            WHERE p.order_id = o.id AND p.status IN ('approved', 'in_mediation', 'charged_back')) THEN
+        PERFORM mpqr.set_status(o.id, 'refunded', 'refunded',
+                                jsonb_build_object('refunded_amount', o.refunded_amount));
+    END IF;
+END
+$$;
+
+-- Apply an order fetched from the Orders API.
+CREATE FUNCTION mpqr.apply_order(account text, j jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    a mpqr.accounts;
+    o mpqr.orders;
+    pay jsonb;
+    refunded numeric;
+BEGIN
+    SELECT * INTO a FROM mpqr.accounts x WHERE x.name = apply_order.account;
+    IF jsonb_typeof(j) <> 'object' OR NOT j ? 'id' THEN
+        RETURN;
+    END IF;
+    IF j ? 'user_id' AND (j ->> 'user_id') IS DISTINCT FROM a.collector_id::text THEN
+        RETURN;
+    END IF;
+    SELECT * INTO o FROM mpqr.orders x
+     WHERE x.account = a.name AND x.mp_order_id = j ->> 'id'
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(j #> '{transactions,payments}', '[]')) LOOP
+        PERFORM mpqr.upsert_payment(ROW(
+            pay ->> 'id', a.name, o.id, NULL, j ->> 'id', pay #>> '{reference,id}',
+            pay ->> 'status', pay ->> 'status_detail',
+            coalesce(mpqr.api_numeric(pay -> 'paid_amount'), mpqr.api_numeric(pay -> 'amount')), 0,
+            o.currency, NULL,
+            CASE WHEN pay ->> 'status' IN ('processed', 'refunded') THEN mpqr.api_time(j ->> 'last_updated_date') END,
+            NULL, pay, now())::mpqr.payments);
+    END LOOP;
+    SELECT sum(mpqr.api_numeric(rf -> 'amount')) INTO refunded
+      FROM jsonb_array_elements(coalesce(j #> '{transactions,refunds}', '[]')) rf
+     WHERE rf ->> 'status' = 'processed';
+    UPDATE mpqr.orders x
+       SET refunded_amount = greatest(x.refunded_amount, coalesce(refunded, 0))
+     WHERE x.id = o.id;
+    o := mpqr.refresh_money(o.id);
+    IF mpqr.api_numeric(j -> 'total_paid_amount') IS NOT NULL THEN
+        UPDATE mpqr.orders x SET paid_amount = mpqr.api_numeric(j -> 'total_paid_amount')
+         WHERE x.id = o.id
+        RETURNING * INTO o;
+    END IF;
+    CASE j ->> 'status'
+        WHEN 'processed' THEN
+            PERFORM mpqr.mark_paid(o, j ->> 'id', jsonb_build_object('status_detail', j ->> 'status_detail'));
+        WHEN 'refunded' THEN
+            PERFORM mpqr.mark_paid(o, j ->> 'id', jsonb_build_object('status_detail', j ->> 'status_detail'));
+            UPDATE mpqr.orders x SET refunded_amount = greatest(x.refunded_amount, x.paid_amount)
+             WHERE x.id = o.id;
+            UPDATE mpqr.refunds f SET status = 'processed', updated_at = now()
+             WHERE f.order_id = o.id AND f.status = 'processing';
+            PERFORM mpqr.set_status(o.id, 'refunded', 'refunded');
+        WHEN 'expired' THEN
+            PERFORM mpqr.set_status(o.id, 'expired', 'expired');
+        WHEN 'canceled' THEN
+            PERFORM mpqr.set_status(o.id, 'cancelled', coalesce(o.status_reason, 'cancelled'));
+        ELSE
+            NULL;
+    END CASE;
+END
+$$;
+
+-- A fetch was answered: apply what it says.
+CREATE FUNCTION mpqr.fetch_done(r mpqr.requests, j jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    e jsonb;
+    a mpqr.accounts;
+BEGIN
+    IF j IS NULL THEN
+        RETURN;
+    END IF;
+    CASE r.kind
+        WHEN 'fetch_merchant_order' THEN
+            PERFORM mpqr.apply_merchant_order(r.account, j);
+        WHEN 'search_merchant_orders' THEN
+            FOR e IN SELECT value FROM jsonb_array_elements(
+                         CASE jsonb_typeof(j -> 'elements') WHEN 'array' THEN j -> 'elements' ELSE '[]' END)
+            LOOP
+                PERFORM mpqr.apply_merchant_order(r.account, e);
+            END LOOP;
+        WHEN 'fetch_order' THEN
+            PERFORM mpqr.apply_order(r.account, j);
+        WHEN 'fetch_payment' THEN
+            SELECT * INTO a FROM mpqr.accounts x WHERE x.name = r.account;
+            IF (j ->> 'collector_id') IS DISTINCT FROM a.collector_id::text THEN
+                RETURN;
+            END IF;
+            -- the payment names its merchant order: that is what decides
+            IF (j #>> '{order,id}') ~ '^[0-9]{1,20}$' THEN
+                PERFORM mpqr.queue_fetch(r.account, 'merchant_order', j #>> '{order,id}');
+            ELSIF j ? 'external_reference' THEN
+                PERFORM mpqr.queue_fetch(r.account, 'search', j ->> 'external_reference');
+            END IF;
+        ELSE
+            NULL;
+    END CASE;
+END
+$$;
