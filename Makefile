@@ -4,7 +4,7 @@
 #   make            build;  make install  install into the PostgreSQL 15 tree
 #   make test       everything: deps, build, install, then every test
 #   make demo       the whole flow against the simulator, on a throwaway cluster
-#   make fuzz       build the libFuzzer targets (FUZZ_SECONDS=60 make fuzz-run)
+#   make fuzz       build the libFuzzer targets (make fuzz-run FUZZ_SECONDS=600)
 
 EXTENSION = mpqr
 EXTVERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))mpqr.control)
@@ -17,6 +17,7 @@ OBJS = \
 	src/worker.o \
 	src/wake.o \
 	src/status.o \
+	src/limits.o \
 	src/http_client.o \
 	src/sender.o \
 	src/signature.o \
@@ -49,6 +50,9 @@ all install installcheck:
 	@echo "PostgreSQL server headers are missing: run 'make deps' first" >&2; exit 1
 endif
 
+# every object is rebuilt when a header changes (shared memory layout!)
+$(OBJS): $(wildcard src/*.h)
+
 mpqr--$(EXTVERSION).sql: $(INSTALL_SOURCES) mpqr.control
 	cat $(INSTALL_SOURCES) > $@
 
@@ -57,7 +61,7 @@ DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-15-cron \
 	clang libclang-rt-14-dev openssl curl \
 	python3 python3-pytest python3-psycopg2
 
-.PHONY: deps test demo fuzz fuzz-run bench
+.PHONY: deps test demo fuzz fuzz-run
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -80,6 +84,3 @@ fuzz:
 
 fuzz-run: fuzz
 	$(MAKE) -C test/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
-
-bench:
-	bash test/bench/run.sh

@@ -62,6 +62,7 @@ mpqr_shmem_startup(void)
 	{
 		memset(MpqrState, 0, sizeof(MpqrShared));
 		SpinLockInit(&MpqrState->mutex);
+		pg_atomic_init_u32(&MpqrState->warned, 0);
 		for (int i = 0; i < MPQR_NUM_COUNTERS; i++)
 			pg_atomic_init_u64(&MpqrState->counters[i], 0);
 	}

@@ -48,12 +48,28 @@ typedef struct MpqrWorkerSlot
 	char		last_error[MPQR_ERROR_LEN];
 } MpqrWorkerSlot;
 
+/* token buckets of mpqr.take_token(), by name */
+typedef enum MpqrBucket
+{
+	MPQR_BUCKET_UNKNOWN_FETCH,	/* fetches of resources mpqr does not know */
+	MPQR_BUCKET_SWEEP,			/* status checks queued by the sweep */
+	MPQR_NUM_BUCKETS
+} MpqrBucket;
+
+typedef struct MpqrTokenBucket
+{
+	double		tokens;
+	TimestampTz updated_at;
+} MpqrTokenBucket;
+
 typedef struct MpqrShared
 {
-	slock_t		mutex;			/* protects everything but the counters */
+	slock_t		mutex;			/* protects everything but the atomics */
 	MpqrWorkerSlot sender;
 	MpqrWorkerSlot listener;
 	int			listen_port;	/* port actually bound, 0 until bound */
+	MpqrTokenBucket buckets[MPQR_NUM_BUCKETS];
+	pg_atomic_uint32 warned;	/* bits of mpqr.warn_once() */
 	pg_atomic_uint64 counters[MPQR_NUM_COUNTERS];
 } MpqrShared;
 

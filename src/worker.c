@@ -70,6 +70,11 @@ MpqrWorkerStart(MpqrWorkerSlot *slot)
 
 	BackgroundWorkerInitializeConnection(mpqr_database, NULL, 0);
 
+	/*
+	 * The workers run the extension's SQL as the bootstrap superuser: pin the
+	 * search path, so that no object a user can create is found first.
+	 */
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
 	/* an acknowledgement must never come before the flush */
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(buf, sizeof(buf), "%d", mpqr_worker_lock_timeout_ms);
