@@ -84,6 +84,9 @@ BEGIN
     PERFORM mpqr.require(access_token, 'access_token');
     PERFORM mpqr.require(site_id, 'site_id');
     PERFORM mpqr.require(api, 'api');
+    -- a token or secret read from a file comes with its newline
+    access_token := btrim(access_token, E' \t\r\n');
+    webhook_secret := btrim(webhook_secret, E' \t\r\n');
     PERFORM mpqr.check_account(name, collector_id, access_token, site_id, api);
     IF EXISTS (SELECT 1 FROM mpqr.accounts a WHERE a.name = mpqr_add_account.name) THEN
         RAISE EXCEPTION 'account "%" already exists', name
@@ -124,7 +127,8 @@ BEGIN
             USING ERRCODE = 'undefined_object';
     END IF;
     a.collector_id := coalesce(collector_id, a.collector_id);
-    a.access_token := coalesce(access_token, a.access_token);
+    a.access_token := coalesce(btrim(access_token, E' \t\r\n'), a.access_token);
+    webhook_secret := btrim(webhook_secret, E' \t\r\n');
     a.site_id := coalesce(site_id, a.site_id);
     a.api := coalesce(api, a.api);
     PERFORM mpqr.check_account(a.name, a.collector_id, a.access_token, a.site_id, a.api);

@@ -29,6 +29,7 @@ CREATE TABLE mpqr.requests (
     refund_id       bigint,
     state           text NOT NULL DEFAULT 'queued',
     attempts        integer NOT NULL DEFAULT 0,
+    failures        integer NOT NULL DEFAULT 0,
     not_before      timestamptz NOT NULL DEFAULT now(),
     lease_until     timestamptz,
     created_at      timestamptz NOT NULL DEFAULT now(),
@@ -45,6 +46,8 @@ CREATE TABLE mpqr.requests (
 COMMENT ON TABLE mpqr.requests IS 'Outbox of Mercado Pago API requests, drained by the mpqr sender worker';
 COMMENT ON COLUMN mpqr.requests.subject IS 'What the request is about: the POS, the resource id, or the store or POS external id';
 COMMENT ON COLUMN mpqr.requests.serial_key IS 'Requests with the same key are sent one at a time, in id order';
+COMMENT ON COLUMN mpqr.requests.attempts IS 'Times claimed; also the token that ties an outcome to its attempt';
+COMMENT ON COLUMN mpqr.requests.failures IS 'Retryable failures so far; mpqr.max_attempts bounds them';
 COMMENT ON COLUMN mpqr.requests.purpose IS 'Why a cancel was sent: cancel, supersede or expire';
 COMMENT ON COLUMN mpqr.requests.phase IS 'A check or follow-up step that replaces the main request until it is done';
 REVOKE ALL ON TABLE mpqr.requests FROM PUBLIC;
@@ -127,46 +130,37 @@ $$;
 
 -- Has mpqr seen this resource before?  Fetches of resources it does not
 -- know share one global rate limit (mpqr.unknown_fetch_rate per second), so
--- that notifications cannot buy an attacker unlimited API calls.
--- mpqr.known_resource() is defined with the reconciliation tables.
-CREATE TABLE mpqr.rate_limit (
-    name        text PRIMARY KEY,
-    tokens      double precision NOT NULL,
-    updated_at  timestamptz NOT NULL
-);
-REVOKE ALL ON TABLE mpqr.rate_limit FROM PUBLIC;
-INSERT INTO mpqr.rate_limit VALUES ('unknown_fetch', 0, 'epoch'), ('sweep', 0, 'epoch'),
-                                   ('purge', 0, 'epoch');
-
--- Take one token from a bucket refilled at rate tokens per second (and
--- holding at most that many); false when it is empty.
+-- that notifications cannot buy an attacker unlimited API calls.  The token
+-- buckets live in shared memory, so that the listener and the sender never
+-- wait for each other on them.  mpqr.known_resource() is defined with the
+-- reconciliation tables.
 CREATE FUNCTION mpqr.take_token(bucket text, rate double precision) RETURNS boolean
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-AS $$
-DECLARE
-    t double precision;
-BEGIN
-    UPDATE mpqr.rate_limit r
-       SET tokens = least(rate, r.tokens + rate * extract(epoch FROM clock_timestamp() - r.updated_at)) - 1,
-           updated_at = clock_timestamp()
-     WHERE r.name = bucket
-    RETURNING r.tokens INTO t;
-    IF t < 0 THEN
-        -- give the token back: the bucket was empty
-        UPDATE mpqr.rate_limit r SET tokens = r.tokens + 1 WHERE r.name = bucket;
-        RETURN false;
-    END IF;
-    RETURN true;
-END
-$$;
+AS 'MODULE_PATHNAME', 'mpqr_take_token'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+-- True the first time it is called with this flag since the server started.
+CREATE FUNCTION mpqr.warn_once(flag integer) RETURNS boolean
+AS 'MODULE_PATHNAME', 'mpqr_warn_once'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+-- When the periodic duties that do not run on every tick last ran.
+CREATE TABLE mpqr.timers (
+    name        text PRIMARY KEY,
+    last_run    timestamptz NOT NULL
+);
+REVOKE ALL ON TABLE mpqr.timers FROM PUBLIC;
+INSERT INTO mpqr.timers VALUES ('purge', 'epoch');
 
 -- Queue a fetch of a merchant order, payment or order, unless one for the same
 -- resource is still queued (only pending fetches are coalesced: a fetch
 -- already sent may have read the state before the change now notified).
--- Returns what it did: queued, coalesced, rate_limited or ignored.
+-- Returns what it did: queued, coalesced, rate_limited or ignored.  A fetch
+-- that mpqr itself needs (trusted: a follow-up of an answer, a check of its
+-- own order) is never rate limited.
 CREATE FUNCTION mpqr.queue_fetch(account text, resource text, resource_id text,
                                  notification_id bigint DEFAULT NULL,
-                                 rate_limited boolean DEFAULT false)
+                                 rate_limited boolean DEFAULT false,
+                                 trusted boolean DEFAULT false)
 RETURNS text
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
@@ -190,7 +184,8 @@ BEGIN
     IF FOUND THEN
         RETURN 'coalesced';
     END IF;
-    IF (rate_limited OR NOT mpqr.known_resource(account, resource, resource_id))
+    IF NOT trusted
+       AND (rate_limited OR NOT mpqr.known_resource(account, resource, resource_id))
        AND NOT mpqr.take_token('unknown_fetch', mpqr.setting('unknown_fetch_rate', '10')::double precision) THEN
         RETURN 'rate_limited';
     END IF;

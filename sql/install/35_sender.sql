@@ -73,7 +73,11 @@ RETURNS TABLE (id bigint, method text, path text, body text, token text, idempot
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
 AS $$
 DECLARE
-    lease interval := mpqr.setting_interval('request_lease', '60s');
+    -- a lease never ends while its request may still be on the wire
+    lease interval := greatest(mpqr.setting_interval('request_lease', '60s'),
+                               mpqr.setting_interval('http_timeout', '10s')
+                               + mpqr.setting_interval('connect_timeout', '5s')
+                               + interval '5 seconds');
     c record;
     t record;
 BEGIN
@@ -110,7 +114,7 @@ BEGIN
               FROM cand
              WHERE q.id = cand.id
             RETURNING q.id, q.kind, q.phase, q.method, q.path, q.body, q.subject,
-                      q.account, q.order_id, q.idempotency_key, q.attempts
+                      q.account, q.order_id, q.idempotency_key, q.attempts, q.purpose
         )
         SELECT cl.*, a.collector_id, a.access_token, o.external_reference, o.mp_order_id
           FROM claimed cl
@@ -121,10 +125,13 @@ BEGIN
         t := mpqr.request_target(c.kind, c.phase, c.method, c.path, c.body, c.subject,
                                  c.collector_id, c.external_reference, c.mp_order_id);
         IF t.path IS NULL THEN
+            -- a cancel of an order that never reached Mercado Pago
             UPDATE mpqr.requests q
                SET state = 'done', lease_until = NULL, finished_at = now(),
                    error = 'nothing to send: the order never reached Mercado Pago'
              WHERE q.id = c.id;
+            PERFORM mpqr.set_status(c.order_id, (mpqr.cancel_outcome(c.purpose)).status,
+                                    (mpqr.cancel_outcome(c.purpose)).reason);
             CONTINUE;
         END IF;
         id := c.id;
@@ -150,11 +157,11 @@ $$;
 
 -- Delay before the next attempt: exponential from mpqr.retry_base_delay,
 -- capped by mpqr.retry_max_delay, with jitter, and never before Retry-After.
-CREATE FUNCTION mpqr.retry_delay(attempts integer, retry_after integer) RETURNS interval
+CREATE FUNCTION mpqr.retry_delay(failures integer, retry_after integer) RETURNS interval
 LANGUAGE sql VOLATILE PARALLEL SAFE
 AS $$
     SELECT greatest(
-        least(mpqr.setting_interval('retry_base_delay', '1s') * power(2, least(attempts - 1, 20)),
+        least(mpqr.setting_interval('retry_base_delay', '1s') * power(2, least(failures - 1, 20)),
               mpqr.setting_interval('retry_max_delay', '300s')) * (0.5 + random() / 2),
         coalesce(make_interval(secs => retry_after), '0'))
 $$;
@@ -212,13 +219,22 @@ BEGIN
         PERFORM mpqr.finish_request(r, 'done', http_status, body, error);
         PERFORM mpqr.on_success(r, http_status, body);
     ELSIF mpqr.retryable(http_status) THEN
-        IF r.attempts >= max_attempts THEN
+        IF r.failures + 1 >= max_attempts THEN
             PERFORM mpqr.finish_request(r, 'failed', http_status, body,
-                coalesce(error, 'HTTP ' || http_status) || format(' (gave up after %s attempts)', r.attempts));
+                coalesce(error, 'HTTP ' || http_status) || format(' (gave up after %s attempts)', r.failures + 1));
             PERFORM mpqr.on_failure(r, http_status, body, error);
         ELSE
-            PERFORM mpqr.requeue_request(r, r.phase, mpqr.retry_delay(r.attempts, retry_after),
-                                         http_status, body, coalesce(error, 'HTTP ' || http_status));
+            -- the request may have been done (a 5xx, a timeout or a lost
+            -- answer say nothing about that): the kinds that are unsafe to
+            -- send blindly are checked first, as after an expired lease
+            PERFORM mpqr.requeue_request(r,
+                CASE WHEN r.phase IS NOT NULL THEN r.phase
+                     WHEN r.method IN ('PUT', 'DELETE') THEN 'check_pos'
+                     WHEN r.kind IN ('create_store', 'create_pos') AND http_status IN (0, 408, 500, 502, 504)
+                         THEN 'adopt' END,
+                mpqr.retry_delay(r.failures + 1, retry_after),
+                http_status, body, coalesce(error, 'HTTP ' || http_status));
+            UPDATE mpqr.requests q SET failures = q.failures + 1 WHERE q.id = r.id;
         END IF;
     ELSIF http_status IN (401, 403) THEN
         -- a revoked or expired token: pause the account, keep everything queued
@@ -231,7 +247,7 @@ BEGIN
                 USING HINT = 'Give the account a valid token with mpqr_set_account(); its requests stay queued until then.';
         END IF;
         UPDATE mpqr.requests q
-           SET state = 'queued', attempts = greatest(q.attempts - 1, 0), lease_until = NULL,
+           SET state = 'queued', lease_until = NULL,
                http_status = handle_response.http_status, response = handle_response.body,
                error = 'account paused: HTTP ' || handle_response.http_status
          WHERE q.id = r.id;
@@ -251,8 +267,10 @@ $$;
 -- attempts are those claim_requests() returned: a late outcome of an older
 -- attempt (its lease expired and the request was claimed again) is ignored.
 -- The batch is applied in one subtransaction; if that fails, it is applied
--- again row by row, and an outcome that cannot be applied fails its own
--- request and nothing else.
+-- again row by row.  An outcome that cannot be applied (a data error) counts
+-- as a lost answer for its own request, and nothing else; any other error
+-- (a lock or statement timeout, a deadlock) fails the whole record, so that
+-- the sender tries again and the leases take over.
 CREATE FUNCTION mpqr.record_responses(ids bigint[], http_status integer[], bodies text[],
                                       errors text[], retry_after integer[],
                                       attempts integer[] DEFAULT NULL)
@@ -262,6 +280,7 @@ AS $$
 DECLARE
     r mpqr.requests;
     msg text;
+    code text;
     n integer := coalesce(array_length(ids, 1), 0);
 BEGIN
     BEGIN
@@ -282,10 +301,18 @@ BEGIN
         BEGIN
             PERFORM mpqr.handle_response(r, http_status[i], bodies[i], errors[i], retry_after[i]);
         EXCEPTION WHEN OTHERS THEN
-            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT;
-            PERFORM mpqr.finish_request(r, 'failed', http_status[i], bodies[i],
-                                        'could not apply the answer: ' || msg);
+            GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
+            IF left(code, 2) IN ('08', '40', '53', '55', '57', '58', 'XX') THEN
+                RAISE;
+            END IF;
             RAISE WARNING 'could not apply the answer to request %: %', r.id, msg;
+            BEGIN
+                -- as if no answer had come: retried, after a check where needed
+                PERFORM mpqr.handle_response(r, 0, NULL, 'could not apply the answer: ' || msg, NULL);
+            EXCEPTION WHEN OTHERS THEN
+                PERFORM mpqr.finish_request(r, 'failed', http_status[i], bodies[i],
+                                            'could not apply the answer: ' || msg);
+            END;
         END;
     END LOOP;
 END

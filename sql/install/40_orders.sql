@@ -17,6 +17,7 @@ CREATE TABLE mpqr.orders (
     paid_amount         numeric NOT NULL DEFAULT 0,
     refunded_amount     numeric NOT NULL DEFAULT 0,
     mp_order_id         text,
+    previous_mp_order_ids text[],
     idempotency_key     text NOT NULL,
     attempt             integer NOT NULL DEFAULT 1,
     error               text,
@@ -35,10 +36,15 @@ CREATE TABLE mpqr.orders (
 CREATE INDEX orders_pos_open ON mpqr.orders (pos_id) WHERE status IN ('queued', 'published');
 CREATE INDEX orders_reference ON mpqr.orders (external_reference);
 CREATE INDEX orders_mp_order_id ON mpqr.orders (mp_order_id) WHERE mp_order_id IS NOT NULL;
-CREATE INDEX orders_watch ON mpqr.orders (expires_at)
-    WHERE status IN ('queued', 'published', 'cancelled', 'expired');
+CREATE INDEX orders_previous_mp_order_ids ON mpqr.orders USING gin (previous_mp_order_ids)
+    WHERE previous_mp_order_ids IS NOT NULL;
+-- expiry and the sweep walk only what is open, or still watched for late money
+CREATE INDEX orders_open ON mpqr.orders (expires_at) WHERE status IN ('queued', 'published');
+CREATE INDEX orders_watched ON mpqr.orders ((greatest(expires_at, closed_at)))
+    WHERE status IN ('cancelled', 'expired');
 COMMENT ON TABLE mpqr.orders IS 'Orders put on a POS QR, with their status and the money Mercado Pago confirmed';
 COMMENT ON COLUMN mpqr.orders.mp_order_id IS 'The Orders API id, or the merchant order that paid it (instore)';
+COMMENT ON COLUMN mpqr.orders.previous_mp_order_ids IS 'Orders API ids of earlier attempts, still watched for late money';
 COMMENT ON COLUMN mpqr.orders.status_reason IS 'Why the status was reached: superseded, cancelled, rejected, ...';
 
 CREATE TABLE mpqr.order_events (
@@ -178,7 +184,8 @@ $$;
 -- Validate the items of an order and return them normalized: title,
 -- unit_price, quantity, unit_measure and any of sku_number, category,
 -- description.  With no items, one item: the title, quantity 1, the total.
-CREATE FUNCTION mpqr.normalize_items(items jsonb, total_amount numeric, title text, currency text)
+CREATE FUNCTION mpqr.normalize_items(items jsonb, total_amount numeric, title text, currency text,
+                                     api text)
 RETURNS jsonb
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -216,12 +223,22 @@ BEGIN
         price := (it ->> 'unit_price')::numeric;
         qty := (it ->> 'quantity')::numeric;
         PERFORM mpqr.check_amount(price, currency, format('unit_price of item %s', n));
-        IF qty <= 0 OR qty <> trunc(qty) THEN
-            RAISE EXCEPTION 'quantity of item % must be a positive whole number', n
+        IF qty <= 0 THEN
+            RAISE EXCEPTION 'quantity of item % must be positive', n
                 USING ERRCODE = 'invalid_parameter_value', DETAIL = format('The value was %s.', qty);
         END IF;
-        IF it ? 'unit_measure' AND (it ->> 'unit_measure') NOT IN ('unit', 'pack') THEN
+        -- what each API documents: the Orders API takes whole quantities;
+        -- instore takes unit_measure "unit" or "pack"
+        IF api = 'orders' AND qty <> trunc(qty) THEN
+            RAISE EXCEPTION 'quantity of item % must be a whole number in the Orders API', n
+                USING ERRCODE = 'invalid_parameter_value', DETAIL = format('The value was %s.', qty);
+        END IF;
+        IF api = 'instore' AND it ? 'unit_measure' AND (it ->> 'unit_measure') NOT IN ('unit', 'pack') THEN
             RAISE EXCEPTION 'unit_measure of item % must be "unit" or "pack"', n
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF it ? 'unit_measure' AND jsonb_typeof(it -> 'unit_measure') <> 'string' THEN
+            RAISE EXCEPTION 'unit_measure of item % must be a string', n
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
         sum := sum + price * qty;
@@ -242,7 +259,8 @@ END
 $$;
 
 -- The notification URL of an account's orders, or NULL when
--- mpqr.public_url is empty (warned about once per session).
+-- mpqr.public_url is empty (warned about once per server start, as is an
+-- http:// URL).
 CREATE FUNCTION mpqr.notification_url(account text) RETURNS text
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
@@ -250,18 +268,16 @@ DECLARE
     base text := rtrim(mpqr.setting('public_url', ''), '/');
 BEGIN
     IF base = '' THEN
-        IF pg_catalog.current_setting('mpqr_session.warned_public_url', true) IS DISTINCT FROM 'on' THEN
+        IF mpqr.warn_once(0) THEN
             RAISE WARNING 'mpqr.public_url is empty: orders go out without a notification_url'
                 USING HINT = 'Payments are then found through the application''s webhook settings and the reconciliation sweep.';
-            PERFORM pg_catalog.set_config('mpqr_session.warned_public_url', 'on', false);
         END IF;
         RETURN NULL;
     END IF;
     IF base ~* '^http://' THEN
-        IF pg_catalog.current_setting('mpqr_session.warned_http', true) IS DISTINCT FROM 'on' THEN
+        IF mpqr.warn_once(1) THEN
             RAISE WARNING 'mpqr.public_url "%" is not HTTPS', base
                 USING HINT = 'Mercado Pago requires HTTPS; plain HTTP is only for testing.';
-            PERFORM pg_catalog.set_config('mpqr_session.warned_http', 'on', false);
         END IF;
     END IF;
     RETURN base || '/notifications?account=' || account;
@@ -415,10 +431,10 @@ BEGIN
         RAISE EXCEPTION 'description is longer than 150 characters'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    norm := mpqr.normalize_items(items, total_amount, title, cur);
+    norm := mpqr.normalize_items(items, total_amount, title, cur, a.api);
     ttl := coalesce(expires_in, mpqr.setting_interval('default_expires_in', '15min'));
-    IF ttl < interval '30 seconds' THEN
-        RAISE EXCEPTION 'expires_in must be at least 30 seconds'
+    IF ttl <= interval '0' THEN
+        RAISE EXCEPTION 'expires_in must be positive'
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = format('The value was %s seconds.', trim_scale(extract(epoch FROM ttl)));
     END IF;
@@ -467,6 +483,8 @@ BEGIN
     UPDATE mpqr.orders x
        SET attempt = x.attempt + 1, attempt_at = now(), expires_at = now() + x.expires_in,
            idempotency_key = gen_random_uuid()::text, mp_order_id = NULL,
+           previous_mp_order_ids = CASE WHEN x.mp_order_id IS NULL THEN x.previous_mp_order_ids
+                                        ELSE array_append(x.previous_mp_order_ids, x.mp_order_id) END,
            error = NULL, error_body = NULL, paid_amount = 0, closed_at = NULL
      WHERE x.id = o.id
     RETURNING * INTO o;
@@ -495,9 +513,16 @@ BEGIN
         UPDATE mpqr.orders x SET mp_order_id = j ->> 'id', updated_at = now() WHERE x.id = o.id;
     END IF;
     PERFORM mpqr.set_status(o.id, 'published', NULL);
-    -- instore: the PUT replaced whatever the POS showed
+    -- the POS shows this order now: whatever it showed before was replaced
+    -- (instore: by this PUT; Orders API: it was cancelled first).  Orders
+    -- still waiting to be sent after this one are not touched.
     FOR old IN SELECT * FROM mpqr.orders x
-                WHERE x.pos_id = o.pos_id AND x.id < o.id AND x.status IN ('queued', 'published')
+                WHERE x.pos_id = o.pos_id AND x.id <> o.id
+                  AND (x.status = 'published'
+                       OR (x.status = 'queued' AND NOT EXISTS (
+                               SELECT 1 FROM mpqr.requests q
+                                WHERE q.order_id = x.id AND q.kind = 'publish'
+                                  AND q.state IN ('queued', 'inflight') AND q.id > r.id)))
     LOOP
         PERFORM mpqr.set_status(old.id, 'cancelled', 'superseded',
                                 jsonb_build_object('by', o.external_reference));

@@ -45,7 +45,7 @@ BEGIN
                   DETAIL = format('Its status is %s.', o.status);
     END IF;
     SELECT coalesce(sum(f2.amount), 0) INTO pending FROM mpqr.refunds f2
-     WHERE f2.order_id = o.id AND f2.status IN ('queued', 'processing');
+     WHERE f2.order_id = o.id AND f2.status IN ('queued', 'processing', 'failed');
     remaining := o.paid_amount - o.refunded_amount - pending;
     IF amount IS NULL THEN
         amount := remaining;
@@ -81,7 +81,7 @@ BEGIN
     left_to_spread := amount;
     FOR pay IN SELECT p.id, p.amount - p.amount_refunded
                       - coalesce((SELECT sum(f3.amount) FROM mpqr.refunds f3
-                                   WHERE f3.payment_id = p.id AND f3.status IN ('queued', 'processing')), 0) AS refundable
+                                   WHERE f3.payment_id = p.id AND f3.status IN ('queued', 'processing', 'failed')), 0) AS refundable
                  FROM mpqr.payments p
                 WHERE p.order_id = o.id AND p.status = 'approved'
                 ORDER BY p.approved_at NULLS LAST, p.id
@@ -135,10 +135,10 @@ BEGIN
                                        WHERE p.order_id = x.id), updated_at = now()
              WHERE x.id = o.id;
         END IF;
-        IF o.mp_order_id ~ '^[0-9]+$' THEN
-            PERFORM mpqr.queue_fetch(o.account, 'merchant_order', o.mp_order_id);
+        IF o.mp_order_id ~ '^[0-9]{1,18}$' THEN
+            PERFORM mpqr.queue_fetch(o.account, 'merchant_order', o.mp_order_id, trusted => true);
         ELSE
-            PERFORM mpqr.queue_fetch(o.account, 'search', o.external_reference);
+            PERFORM mpqr.queue_fetch(o.account, 'search', o.external_reference, trusted => true);
         END IF;
     ELSE
         UPDATE mpqr.refunds x
@@ -147,12 +147,15 @@ BEGIN
                                 ORDER BY rf ->> 'id' DESC LIMIT 1),
                updated_at = now()
          WHERE x.id = r.refund_id;
-        PERFORM mpqr.queue_fetch(o.account, 'order', o.mp_order_id);
+        PERFORM mpqr.queue_fetch(o.account, 'order', o.mp_order_id, trusted => true);
     END IF;
 END
 $$;
 
--- A refund was refused: keep MP's answer on the refund; the order keeps its status.
+-- A refund was refused: keep MP's answer on the refund; the order keeps its
+-- status.  A refund whose retries gave up is 'failed': its outcome is
+-- unknown, so its amount stays reserved (mpqr_refund() counts it as
+-- pending) until someone checks it at Mercado Pago.
 CREATE FUNCTION mpqr.refund_failed(r mpqr.requests, http_status integer, body text) RETURNS void
 LANGUAGE sql VOLATILE PARALLEL UNSAFE
 AS $$

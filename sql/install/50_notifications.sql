@@ -136,16 +136,16 @@ BEGIN
         v_user := v_user_text::bigint;
     END IF;
 
-    -- The account: account= if it names one of ours, else the collector the
-    -- body names (none when it is not ours), else the default account,
-    -- unless account= named an account we do not have.
+    -- The account (design section 7): account= if it names one of ours,
+    -- else the collector the body names (none when it is not ours), else
+    -- the default account.
     IF q ? 'account' THEN
         SELECT a.name INTO v_account FROM mpqr.accounts a WHERE a.name = q ->> 'account';
     END IF;
     IF v_account IS NULL THEN
         IF v_user_text IS NOT NULL THEN
             SELECT a.name INTO v_account FROM mpqr.accounts a WHERE a.collector_id = v_user;
-        ELSIF NOT q ? 'account' THEN
+        ELSE
             SELECT a.name INTO v_account FROM mpqr.accounts a WHERE a.is_default;
         END IF;
     END IF;

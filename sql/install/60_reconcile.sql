@@ -112,6 +112,10 @@ BEGIN
                                      WHERE p.id = resource_id AND p.account = known_resource.account)
         WHEN 'order' THEN EXISTS (SELECT 1 FROM mpqr.orders o
                                    WHERE o.mp_order_id = resource_id AND o.account = known_resource.account)
+                       OR EXISTS (SELECT 1 FROM mpqr.orders o
+                                   WHERE o.previous_mp_order_ids @> ARRAY[resource_id]
+                                     AND o.previous_mp_order_ids IS NOT NULL
+                                     AND o.account = known_resource.account)
         WHEN 'search' THEN true
         ELSE false END;
 END
@@ -344,7 +348,21 @@ BEGIN
      WHERE x.account = a.name AND x.mp_order_id = j ->> 'id'
        FOR UPDATE;
     IF NOT FOUND THEN
-        RETURN;
+        -- an earlier attempt's order: only its money counts (a payment that
+        -- arrived late on it), never its expiry or cancellation
+        SELECT * INTO o FROM mpqr.orders x
+         WHERE x.account = a.name AND x.previous_mp_order_ids IS NOT NULL
+           AND x.previous_mp_order_ids @> ARRAY[j ->> 'id']
+           FOR UPDATE;
+        IF NOT FOUND OR j ->> 'status' NOT IN ('processed', 'refunded') THEN
+            RETURN;
+        END IF;
+        UPDATE mpqr.orders x SET mp_order_id = j ->> 'id',
+               previous_mp_order_ids = array_remove(x.previous_mp_order_ids, j ->> 'id')
+                                       || CASE WHEN x.mp_order_id IS NULL THEN '{}'::text[]
+                                               ELSE ARRAY[x.mp_order_id] END
+         WHERE x.id = o.id
+        RETURNING * INTO o;
     END IF;
     FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(j #> '{transactions,payments}', '[]')) LOOP
         PERFORM mpqr.upsert_payment(ROW(
@@ -415,10 +433,10 @@ BEGIN
                 RETURN;
             END IF;
             -- the payment names its merchant order: that is what decides
-            IF (j #>> '{order,id}') ~ '^[0-9]{1,20}$' THEN
-                PERFORM mpqr.queue_fetch(r.account, 'merchant_order', j #>> '{order,id}');
+            IF (j #>> '{order,id}') ~ '^[0-9]{1,18}$' THEN
+                PERFORM mpqr.queue_fetch(r.account, 'merchant_order', j #>> '{order,id}', trusted => true);
             ELSIF j ? 'external_reference' THEN
-                PERFORM mpqr.queue_fetch(r.account, 'search', j ->> 'external_reference');
+                PERFORM mpqr.queue_fetch(r.account, 'search', j ->> 'external_reference', trusted => true);
             END IF;
         ELSE
             NULL;

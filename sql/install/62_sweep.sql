@@ -15,9 +15,9 @@ BEGIN
         IF o.mp_order_id IS NULL THEN
             RETURN 'ignored';
         END IF;
-        what := mpqr.queue_fetch(o.account, 'order', o.mp_order_id);
+        what := mpqr.queue_fetch(o.account, 'order', o.mp_order_id, trusted => true);
     ELSE
-        what := mpqr.queue_fetch(o.account, 'search', o.external_reference);
+        what := mpqr.queue_fetch(o.account, 'search', o.external_reference, trusted => true);
     END IF;
     UPDATE mpqr.orders x SET last_checked_at = now() WHERE x.id = o.id;
     RETURN what;
@@ -35,37 +35,48 @@ AS $$
                         + mpqr.setting_interval('late_payment_grace', '1h'))
 $$;
 
--- Expire what reached its expiry.  A queued order never sent expires here,
--- without a call.  A published one gets a final check and is removed from
--- its POS; it becomes expired once that is done (unless money arrived).
+-- Expire what reached its expiry.  A queued order that was never sent
+-- expires here, without a call.  Any other (published, or queued but maybe
+-- sent: its answer was lost, or its retries gave up) gets a final check and
+-- is removed from its POS; it becomes expired once that is done, unless
+-- money arrived.
 CREATE FUNCTION mpqr.expire_due_orders() RETURNS integer
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     o mpqr.orders;
     n integer := 0;
+    never_sent boolean;
 BEGIN
     FOR o IN SELECT * FROM mpqr.orders x
               WHERE x.status IN ('queued', 'published') AND x.expires_at <= now()
+                AND NOT EXISTS (SELECT 1 FROM mpqr.requests q
+                                 WHERE q.order_id = x.id AND q.kind = 'cancel'
+                                   AND q.purpose = 'expire' AND q.created_at >= x.attempt_at)
               ORDER BY x.expires_at
               LIMIT 1000
                 FOR UPDATE SKIP LOCKED
     LOOP
         IF o.status = 'queued' THEN
-            UPDATE mpqr.requests q SET state = 'cancelled', finished_at = now(),
-                   error = 'the order expired before it was sent'
-             WHERE q.order_id = o.id AND q.kind = 'publish' AND q.state = 'queued';
-            IF FOUND THEN
+            -- take the publish out of the queue; was it ever sent?
+            WITH c AS (
+                UPDATE mpqr.requests q SET state = 'cancelled', finished_at = now(),
+                       error = 'the order expired before it was sent'
+                 WHERE q.order_id = o.id AND q.kind = 'publish' AND q.state = 'queued'
+                RETURNING q.failures = 0 AND q.phase IS NULL AS untouched
+            )
+            SELECT bool_and(untouched) INTO never_sent FROM c;
+            IF never_sent AND NOT EXISTS (SELECT 1 FROM mpqr.requests q
+                                           WHERE q.order_id = o.id AND q.kind = 'publish'
+                                             AND q.state <> 'cancelled' AND q.created_at >= o.attempt_at) THEN
                 PERFORM mpqr.set_status(o.id, 'expired', 'expired before it was sent');
                 n := n + 1;
+                CONTINUE;
             END IF;
-        ELSIF NOT EXISTS (SELECT 1 FROM mpqr.requests q
-                           WHERE q.order_id = o.id AND q.kind = 'cancel'
-                             AND q.purpose = 'expire' AND q.created_at >= o.attempt_at) THEN
-            PERFORM mpqr.queue_check(o);
-            PERFORM mpqr.queue_cancel(o, 'expire');
-            n := n + 1;
         END IF;
+        PERFORM mpqr.queue_check(o);
+        PERFORM mpqr.queue_cancel(o, 'expire');
+        n := n + 1;
     END LOOP;
     RETURN n;
 END
@@ -83,15 +94,23 @@ DECLARE
     fast_after interval := mpqr.setting_interval('fast_check_after', '30s');
     fast_every interval := mpqr.setting_interval('fast_check_interval', '5s');
     slow_every interval := mpqr.setting_interval('reconcile_interval', '60s');
+    grace interval := mpqr.setting_interval('late_payment_grace', '1h');
     o mpqr.orders;
     n integer := 0;
 BEGIN
-    FOR o IN SELECT * FROM mpqr.orders x
-              WHERE x.status IN ('published', 'cancelled', 'expired')
-                AND mpqr.watched(x)
-                AND coalesce(x.published_at, x.created_at) <= now() - fast_after
-                AND (x.last_checked_at IS NULL OR x.last_checked_at <= now() -
-                     CASE WHEN x.status = 'published' AND now() < x.expires_at THEN fast_every ELSE slow_every END)
+    FOR o IN SELECT * FROM (
+                 -- open orders (index orders_open)
+                 SELECT * FROM mpqr.orders x
+                  WHERE x.status = 'published'
+                    AND coalesce(x.published_at, x.created_at) <= now() - fast_after
+                 UNION ALL
+                 -- cancelled, superseded and expired orders still watched (index orders_watched)
+                 SELECT * FROM mpqr.orders x
+                  WHERE x.status IN ('cancelled', 'expired')
+                    AND greatest(x.expires_at, x.closed_at) > now() - grace
+             ) x
+              WHERE x.last_checked_at IS NULL OR x.last_checked_at <= now() -
+                    CASE WHEN x.status = 'published' AND now() < x.expires_at THEN fast_every ELSE slow_every END
               ORDER BY x.last_checked_at NULLS FIRST, x.id
               LIMIT 100
     LOOP
@@ -104,21 +123,27 @@ END
 $$;
 
 -- Delete finished requests and old notifications past mpqr.retention, at
--- most once every ten minutes.
+-- most once every ten minutes, and at most 10,000 of each at a time, so that
+-- a large backlog never holds back the tick's other duties.
 CREATE FUNCTION mpqr.purge_old() RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     keep interval := mpqr.setting_interval('retention', '90d');
 BEGIN
-    UPDATE mpqr.rate_limit r SET updated_at = now()
-     WHERE r.name = 'purge' AND r.updated_at < now() - interval '10 minutes';
+    UPDATE mpqr.timers t SET last_run = now()
+     WHERE t.name = 'purge' AND t.last_run < now() - interval '10 minutes';
     IF NOT FOUND THEN
         RETURN;
     END IF;
     DELETE FROM mpqr.requests q
-     WHERE q.state IN ('done', 'failed', 'cancelled') AND q.finished_at < now() - keep;
-    DELETE FROM mpqr.notifications n WHERE n.received_at < now() - keep;
+     WHERE q.id IN (SELECT x.id FROM mpqr.requests x
+                     WHERE x.state IN ('done', 'failed', 'cancelled') AND x.finished_at < now() - keep
+                     LIMIT 10000);
+    DELETE FROM mpqr.notifications n
+     WHERE n.id IN (SELECT x.id FROM mpqr.notifications x
+                     WHERE x.received_at < now() - keep
+                     LIMIT 10000);
 END
 $$;
 

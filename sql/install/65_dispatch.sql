@@ -34,6 +34,11 @@ END
 $$;
 
 -- A check or follow-up step was answered (2xx or 404).
+--   publish: check_pos -> done if the POS shows it, else check_paid (or
+--            check_paid_keep if it shows another order) -> done if paid,
+--            failed if another order is shown, else the PUT again.
+--   cancel:  check_pos -> the DELETE if the POS shows it, else check_paid ->
+--            done (paid meanwhile), or cancelled or expired.
 CREATE FUNCTION mpqr.on_phase_answer(r mpqr.requests, http_status integer, body text) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
@@ -64,10 +69,10 @@ BEGIN
             -- still there: now the DELETE
             PERFORM mpqr.requeue_request(r, NULL, '0', http_status, body, NULL);
         ELSE
-            PERFORM mpqr.finish_request(r, 'done', http_status, body, 'the order was no longer on the POS');
-            c := mpqr.cancel_outcome(r.purpose);
-            PERFORM mpqr.set_status(o.id, c.status, c.reason);
-            PERFORM mpqr.queue_check(o);
+            -- gone from the POS: maybe paid just now.  Look before saying
+            -- cancelled or expired.
+            PERFORM mpqr.requeue_request(r, 'check_paid', '0', http_status, body,
+                                         'the order was no longer on the POS');
         END IF;
     WHEN 'check_paid', 'check_paid_keep' THEN
         FOR hit IN SELECT value FROM jsonb_array_elements(
@@ -75,8 +80,14 @@ BEGIN
         LOOP
             PERFORM mpqr.apply_merchant_order(r.account, hit);
         END LOOP;
-        IF EXISTS (SELECT 1 FROM mpqr.merchant_orders m WHERE m.order_id = o.id AND m.status = 'closed') THEN
+        IF EXISTS (SELECT 1 FROM mpqr.merchant_orders m
+                    WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount = o.total_amount) THEN
             PERFORM mpqr.finish_request(r, 'done', http_status, body, 'already paid: not sent again');
+        ELSIF r.kind = 'cancel' THEN
+            -- nothing paid, and nothing left on the POS to remove
+            PERFORM mpqr.finish_request(r, 'done', http_status, body, 'the order was no longer on the POS');
+            c := mpqr.cancel_outcome(r.purpose);
+            PERFORM mpqr.set_status(o.id, c.status, c.reason);
         ELSIF r.phase = 'check_paid_keep' THEN
             PERFORM mpqr.finish_request(r, 'failed', http_status, body,
                                         'the POS shows another order: not sent again, so as not to replace it');
