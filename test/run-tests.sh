@@ -13,4 +13,4 @@ make deps
 make -s
 make -s install
 make -s fuzz-run FUZZ_SECONDS="${FUZZ_SECONDS:-60}"
-exec /usr/bin/python3 -m pytest -q -p no:cacheprovider test/mpsim test/integration "$@"
+exec /usr/bin/python3 -m pytest -q -c test/pytest.ini --rootdir test "$@"

@@ -182,9 +182,11 @@ def test_webhook_body_is_not_trusted(shop, sim):
     assert c.getresponse().status == 200
     c.close()
     # the fetch it triggered is answered by the API, which says created
-    wait_for(lambda: shop.scalar("SELECT count(*) FROM mpqr.requests WHERE kind = 'fetch_order' "
-                                 "AND subject = %s AND state = 'done'", (mp_id,)) >= 1,
+    fetch = shop.scalar("SELECT fetch_request FROM mpqr.notifications WHERE request_id = %s", (rid,))
+    assert fetch is not None
+    wait_for(lambda: shop.scalar("SELECT state FROM mpqr.requests WHERE id = %s", (fetch,)) == "done",
              30, what="the fetch of the order")
+    assert json.loads(shop.scalar("SELECT response FROM mpqr.requests WHERE id = %s", (fetch,)))["status"] == "created"
     assert order(shop, "LIAR-1")[0] == "published"
     assert float(order(shop, "LIAR-1")[1]) == 0
 
@@ -259,3 +261,21 @@ def test_expiry_then_a_late_payment_is_flagged(shop, sim):
     assert order(shop, "LATE-1")[3] == "late_payment"
     kinds = [r[0] for r in shop.execute("SELECT kind FROM mpqr.anomalies_open WHERE external_reference = 'LATE-1'")]
     assert kinds == ["late_payment"]
+
+
+def test_the_sweep_finds_a_lost_payment_by_itself(shop, sim):
+    sim.account(user_id=COLLECTOR, token=TOKEN, site_id="MLA", notify=[])
+    put(shop, "SUC001POS001", "SWEPT-1", 35)
+    wait_status(shop, "SWEPT-1", "published")
+    sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001")
+    shop.execute("ALTER SYSTEM SET mpqr.fast_check_after = '1s'")
+    shop.execute("ALTER SYSTEM SET mpqr.fast_check_interval = '1s'")
+    shop.reload()
+    try:
+        wait_status(shop, "SWEPT-1", "paid", timeout=60)
+        assert shop.scalar("SELECT count(*) FROM mpqr.notifications") == 0
+        assert shop.scalar("SELECT count(*) FROM mpqr.requests WHERE kind = 'search_merchant_orders'") >= 1
+    finally:
+        shop.execute("ALTER SYSTEM RESET mpqr.fast_check_after")
+        shop.execute("ALTER SYSTEM RESET mpqr.fast_check_interval")
+        shop.reload()

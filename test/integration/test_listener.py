@@ -204,10 +204,15 @@ def test_unknown_collector_is_stored_without_account(db, base):
     r = row(db, rid)[0]
     assert r["account"] is None and r["triggered"] == "nothing"
     assert r["user_id"] == 987654321
-    # an account= we do not have is an unknown collector too
-    status, _, rid = webhook(base, "556", secret=None, user_id=None, account="nobody")
+    # an account= we do not have, with a collector we do not have either
+    status, _, rid = webhook(base, "556", secret=None, user_id=987654321, account="nobody")
     assert status == 200 and row(db, rid)[0]["account"] is None
     assert int(db.status()["notifications_unknown_account"]) == before + 2
+    # an account= we do not have and no collector: the chain of design
+    # section 7 ends at the default account
+    status, _, rid = webhook(base, "558", secret=None, user_id=None, account="nobody")
+    assert status == 200 and row(db, rid)[0]["account"] == db.scalar(
+        "SELECT name FROM mpqr.accounts WHERE is_default")
     # the collector in the body picks its account
     status, _, rid = webhook(base, "557", secret=None, user_id=OTHER_COLLECTOR)
     assert row(db, rid)[0]["account"] == "nosecret"

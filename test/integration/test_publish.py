@@ -108,7 +108,7 @@ def test_5xx_and_429_are_retried(shop, sim):
     assert statuses == [503, 503, 429, 204]
     # the attempt after the 429 waited for its Retry-After
     assert reqs[3]["ts"] - reqs[2]["ts"] >= 0.95
-    assert shop.scalar("SELECT attempts FROM mpqr.requests WHERE kind = 'publish'") == 4
+    assert shop.scalar("SELECT failures FROM mpqr.requests WHERE kind = 'publish'") == 3
 
 
 def test_dropped_connection_is_retried(shop, sim):
@@ -170,3 +170,18 @@ def test_second_order_supersedes_the_first_orders_api(shop, sim):
     posts = sim.requests(ORDERS_PATH)
     assert cancel[0]["seq"] < posts[-1]["seq"]
     assert cancel[0]["headers"]["x-idempotency-key"] != posts[-1]["headers"]["x-idempotency-key"]
+
+
+def test_queued_order_of_a_paused_account_expires_without_a_call(shop, sim):
+    shop.execute("SELECT mpqr_set_account('main', access_token => 'APP_USR-revoked')")
+    shop.execute("SELECT mpqr_put_order('SUC001POS001', 'PAUSED-EXP', 10)")
+    wait_for(lambda: shop.scalar("SELECT paused_at IS NOT NULL FROM mpqr.accounts WHERE name = 'main'"),
+             30, what="the account to be paused")
+    # its expiry comes while it waits (the clock is moved by moving the expiry)
+    shop.execute("UPDATE mpqr.orders SET expires_at = now() WHERE external_reference = 'PAUSED-EXP'")
+    wait_status(shop, "PAUSED-EXP", "expired")
+    shop.execute("SELECT mpqr_set_account('main', access_token => %s)", (TOKEN,))
+    shop.execute("SELECT mpqr_put_order('SUC001POS002', 'AFTER-EXP', 10)")
+    wait_status(shop, "AFTER-EXP", "published")
+    sent = [json.loads(r["body"])["external_reference"] for r in sim.requests(r"/orders$") if r["status"] == 204]
+    assert "PAUSED-EXP" not in sent
