@@ -5,6 +5,7 @@
 #   make test       everything: deps, build, install, then every test
 #   make demo       the whole flow against the simulator, on a throwaway cluster
 #   make fuzz       build the libFuzzer targets (make fuzz-run FUZZ_SECONDS=600)
+#   make bench      the benchmarks (test/bench), each against a baseline of the same run
 
 EXTENSION = mpqr
 EXTVERSION := $(shell sed -n "s/^default_version *= *'\(.*\)'.*/\1/p" $(dir $(lastword $(MAKEFILE_LIST)))mpqr.control)
@@ -61,7 +62,7 @@ DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-15-cron \
 	clang libclang-rt-14-dev openssl curl \
 	python3 python3-pytest python3-psycopg2
 
-.PHONY: deps test demo fuzz fuzz-run
+.PHONY: deps test demo fuzz fuzz-run bench
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -84,3 +85,6 @@ fuzz:
 
 fuzz-run: fuzz
 	$(MAKE) -C test/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+
+bench:
+	bash test/bench/run.sh

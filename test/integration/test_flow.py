@@ -279,3 +279,31 @@ def test_the_sweep_finds_a_lost_payment_by_itself(shop, sim):
         shop.execute("ALTER SYSTEM RESET mpqr.fast_check_after")
         shop.execute("ALTER SYSTEM RESET mpqr.fast_check_interval")
         shop.reload()
+
+
+def test_orders_api_discount_expiry_and_lost_notification(shop, sim):
+    # paid below the total (a discount): paid, with the shortfall flagged
+    put(shop, "SUC002POS001", "ODISC-1", 50)
+    wait_status(shop, "ODISC-1", "published")
+    mp_id = order(shop, "ODISC-1")[2]
+    sim.pay(user_id=ORD_COLLECTOR, order_id=mp_id, amount=47.28)
+    wait_status(shop, "ODISC-1", "paid")
+    assert float(order(shop, "ODISC-1")[1]) == 47.28
+    kinds = [r[0] for r in shop.execute("SELECT kind FROM mpqr.anomalies_open WHERE external_reference = 'ODISC-1'")]
+    assert kinds == ["shortfall"]
+
+    # MP expires an order: order.expired is notified, fetched, applied
+    put(shop, "SUC002POS001", "OEXP-1", 20)
+    wait_status(shop, "OEXP-1", "published")
+    sim.expire(order_id=order(shop, "OEXP-1")[2])
+    wait_status(shop, "OEXP-1", "expired")
+
+    # a payment whose notification is lost is found by mpqr_reconcile()
+    sim.account(user_id=ORD_COLLECTOR, token=ORD_TOKEN, site_id="MLA", webhook_secret=SECRET,
+                webhook_url=shop.listener + "/notifications?account=ord", notify=[])
+    put(shop, "SUC002POS001", "OLOST-1", 30)
+    wait_status(shop, "OLOST-1", "published")
+    sim.pay(user_id=ORD_COLLECTOR, order_id=order(shop, "OLOST-1")[2])
+    assert order(shop, "OLOST-1")[0] == "published"
+    assert shop.scalar("SELECT mpqr_reconcile()") >= 1
+    wait_status(shop, "OLOST-1", "paid")
