@@ -75,6 +75,13 @@ MpqrWorkerStart(MpqrWorkerSlot *slot)
 	 * search path, so that no object a user can create is found first.
 	 */
 	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * The workers' queries are short OLTP ones whose cost estimates can
+	 * still cross jit_above_cost (a claim then spent 0.9 s compiling for a
+	 * 1 ms execution).  They never gain from JIT.
+	 */
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	/* an acknowledgement must never come before the flush */
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(buf, sizeof(buf), "%d", mpqr_worker_lock_timeout_ms);

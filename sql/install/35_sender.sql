@@ -71,6 +71,10 @@ CREATE FUNCTION mpqr.claim_requests(max_rows integer)
 RETURNS TABLE (id bigint, method text, path text, body text, token text, idempotency_key text,
                attempt integer)
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL UNSAFE
+-- a generic plan of the claim, blind to max_rows, walked every queued row
+-- (0.3 s per claim with 15,000 queued); and JIT never pays off here
+SET plan_cache_mode = force_custom_plan
+SET jit = off
 AS $$
 DECLARE
     -- a lease never ends while its request may still be on the wire

@@ -6,7 +6,8 @@ against the same nginx, TLS and keep-alive, 64 connections: the ceiling of
 this machine.  mpqr: N requests are committed to the outbox in one
 transaction (a GET each, whose 204 applies nothing, so the measure is the
 sender: claim, libcurl, record), and the time from commit to the last one
-recorded is measured.  Rounds are interleaved; medians are reported.
+recorded is measured, with mpqr.max_in_flight at its default (64) and at
+512.  Rounds are interleaved; medians are reported.
 """
 import os
 import re
@@ -72,6 +73,15 @@ def main():
             out = run(["wrk", "-t2", "-c64", "-d%ds" % SECONDS, base + "/v1/payments/1"])
             return float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1))
 
+        def drain_with(in_flight):
+            def go():
+                c.execute("ALTER SYSTEM SET mpqr.max_in_flight = %d" % in_flight)
+                c.reload()
+                wait_for(lambda: c.scalar("SELECT count(*) FROM pg_settings WHERE name = "
+                                          "'mpqr.max_in_flight' AND pending_restart") == 0, 10)
+                return drain()
+            return go
+
         def drain():
             conn = c.connect(autocommit=False)
             with conn.cursor() as cur:
@@ -94,7 +104,8 @@ def main():
 
         print("Sender benchmark on %s, %d requests per drain, %d rounds" % (machine(), N, ROUNDS))
         results = interleave(ROUNDS, [("wrk ceiling, 64 conns", ceiling),
-                                      ("mpqr sender drain", drain)])
+                                      ("mpqr drain, 64 in flight", drain_with(64)),
+                                      ("mpqr drain, 512 in flight", drain_with(512))])
         report("API requests per second (TLS, keep-alive, nginx answering 204):", results,
                "wrk ceiling, 64 conns")
     finally:
