@@ -1,6 +1,6 @@
 -- mpqr_put_order: validation, idempotency, request bodies, superseding.
 \set SHOW_CONTEXT never
-SET client_min_messages = warning;
+SET client_min_messages = error;  -- the public_url warning comes once per server start
 
 SELECT mpqr_add_account('main', 123456789, 'APP_USR-main', 'secret', 'MLA', 'instore');
 SELECT mpqr_add_account('chile', 555, 'APP_USR-cl', NULL, 'MLC', 'orders');

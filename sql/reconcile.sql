@@ -112,6 +112,27 @@ SELECT mpqr.apply_order('ord', '{"id":"ORDTST01","status":"refunded","user_id":"
     "transactions":{"refunds":[{"id":"REF01","amount":"47.28","status":"processed"}]}}');
 SELECT ref, status, paid, refunded FROM pg_temp.o WHERE ref = 'D';
 
+-- Orders API: money on an earlier attempt's order still counts
+SELECT mpqr_put_order('P3', 'G', 20) > 0 AS put;
+UPDATE mpqr.orders SET mp_order_id = 'ORDTST-G1' WHERE external_reference = 'G';
+SELECT mpqr.set_status(id, 'published') FROM mpqr.orders WHERE external_reference = 'G';
+SELECT mpqr.apply_order('ord', '{"id":"ORDTST-G1","status":"expired","user_id":"222"}');
+SELECT mpqr_retry_order('G') > 0 AS retried;
+UPDATE mpqr.orders SET mp_order_id = 'ORDTST-G2' WHERE external_reference = 'G';
+SELECT mpqr.set_status(id, 'published') FROM mpqr.orders WHERE external_reference = 'G';
+SELECT ref, status, mp_order_id, (SELECT previous_mp_order_ids FROM mpqr.orders WHERE external_reference = 'G')
+  FROM pg_temp.o WHERE ref = 'G';
+-- the earlier order's expiry again changes nothing; its payment does
+SELECT mpqr.apply_order('ord', '{"id":"ORDTST-G1","status":"expired","user_id":"222"}');
+SELECT ref, status FROM pg_temp.o WHERE ref = 'G';
+SELECT mpqr.apply_order('ord', '{"id":"ORDTST-G1","status":"processed","user_id":"222","total_paid_amount":"20.00",
+    "transactions":{"payments":[{"id":"PAYG1","amount":"20.00","paid_amount":"20.00","status":"processed"}]}}');
+SELECT ref, status, reason, paid, mp_order_id FROM pg_temp.o WHERE ref = 'G';
+SELECT kind, detail ->> 'earlier_attempt' AS earlier FROM mpqr.anomalies_open WHERE external_reference = 'G';
+-- and the current attempt is cancelled at Mercado Pago, so it is not paid twice
+SELECT kind, purpose, method, path FROM mpqr.requests
+ WHERE order_id = (SELECT id FROM mpqr.orders WHERE external_reference = 'G') AND kind = 'cancel';
+
 -- receipts: never paid, unknown, paid
 SELECT mpqr_put_order('P2', 'E', 10) > 0 AS put;
 SELECT mpqr_receipt('E');

@@ -32,7 +32,8 @@ static const char *const bucket_names[MPQR_NUM_BUCKETS] = {
  * mpqr.take_token(bucket text, rate float8) returns boolean
  *
  * Take one token from a bucket refilled at rate tokens per second, holding at
- * most rate tokens (one second of burst); false when it is empty.  Without
+ * most rate tokens (one second of burst, at least one token); false when it
+ * is empty.  Without
  * the preloaded library there is no limit.
  */
 Datum
@@ -62,9 +63,10 @@ mpqr_take_token(PG_FUNCTION_ARGS)
 	b = &MpqrState->buckets[i];
 	SpinLockAcquire(&MpqrState->mutex);
 	if (b->updated_at == 0 || now < b->updated_at)
-		b->tokens = rate;
+		b->tokens = Max(rate, 1.0);
 	else
-		b->tokens = Min(rate, b->tokens + rate * (now - b->updated_at) / 1000000.0);
+		b->tokens = Min(Max(rate, 1.0),
+						b->tokens + rate * (now - b->updated_at) / 1000000.0);
 	b->updated_at = now;
 	taken = (b->tokens >= 1.0);
 	if (taken)

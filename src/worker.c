@@ -74,14 +74,14 @@ MpqrWorkerStart(MpqrWorkerSlot *slot)
 	 * The workers run the extension's SQL as the bootstrap superuser: pin the
 	 * search path, so that no object a user can create is found first.
 	 */
-	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("search_path", "pg_catalog, pg_temp", PGC_SUSET, PGC_S_SESSION);
 
 	/*
 	 * The workers' queries are short OLTP ones whose cost estimates can
 	 * still cross jit_above_cost (a claim then spent 0.9 s compiling for a
 	 * 1 ms execution).  They never gain from JIT.
 	 */
-	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_SESSION);
 	/* an acknowledgement must never come before the flush */
 	SetConfigOption("synchronous_commit", "on", PGC_SUSET, PGC_S_OVERRIDE);
 	snprintf(buf, sizeof(buf), "%d", mpqr_worker_lock_timeout_ms);

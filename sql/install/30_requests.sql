@@ -59,7 +59,8 @@ CREATE INDEX requests_serial ON mpqr.requests (serial_key, id)
     WHERE state IN ('queued', 'inflight') AND serial_key IS NOT NULL;
 CREATE INDEX requests_order ON mpqr.requests (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX requests_pending_fetch ON mpqr.requests (account, kind, subject)
-    WHERE state = 'queued' AND kind LIKE 'fetch%';
+    WHERE state = 'queued'
+      AND kind IN ('fetch_merchant_order', 'fetch_payment', 'fetch_order', 'search_merchant_orders');
 CREATE INDEX requests_finished ON mpqr.requests (finished_at) WHERE state IN ('done', 'failed', 'cancelled');
 
 -- Queue a request and wake the sender at commit.
@@ -179,7 +180,8 @@ BEGIN
     END IF;
     PERFORM 1 FROM mpqr.requests r
      WHERE r.state = 'queued' AND r.kind = k AND r.account = queue_fetch.account
-       AND r.subject = resource_id AND r.kind LIKE 'fetch%'
+       AND r.subject = resource_id
+       AND r.kind IN ('fetch_merchant_order', 'fetch_payment', 'fetch_order', 'search_merchant_orders')
      LIMIT 1;
     IF FOUND THEN
         RETURN 'coalesced';

@@ -56,6 +56,7 @@ BEGIN
                WHEN q.method IN ('PUT', 'DELETE') THEN 'check_pos'
                WHEN q.kind IN ('create_store', 'create_pos') THEN 'adopt'
                ELSE NULL END,
+           failures = q.failures + 1,
            error = 'lease expired: the outcome of the last attempt is unknown'
      WHERE q.state = 'inflight' AND q.lease_until < now();
     GET DIAGNOSTICS n = ROW_COUNT;
@@ -306,7 +307,8 @@ BEGIN
             PERFORM mpqr.handle_response(r, http_status[i], bodies[i], errors[i], retry_after[i]);
         EXCEPTION WHEN OTHERS THEN
             GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, code = RETURNED_SQLSTATE;
-            IF left(code, 2) IN ('08', '40', '53', '55', '57', '58', 'XX') THEN
+            IF left(code, 2) IN ('08', '40', '53', '57', '58', 'XX')
+               OR code IN ('55P03', '55006') THEN
                 RAISE;
             END IF;
             RAISE WARNING 'could not apply the answer to request %: %', r.id, msg;
@@ -316,6 +318,8 @@ BEGIN
             EXCEPTION WHEN OTHERS THEN
                 PERFORM mpqr.finish_request(r, 'failed', http_status[i], bodies[i],
                                             'could not apply the answer: ' || msg);
+                UPDATE mpqr.orders o SET error = 'could not apply the answer: ' || msg
+                 WHERE o.id = r.order_id AND o.status = 'queued';
             END;
         END;
     END LOOP;

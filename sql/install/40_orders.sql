@@ -335,6 +335,42 @@ BEGIN
 END
 $$;
 
+-- Take an order's publish out of the queue, if it is still waiting there.
+-- Returns 'withdrawn' when it was never sent (the order can be closed
+-- locally, without a call), 'maybe_sent' when an earlier attempt's answer was
+-- lost, and 'none' when no publish is waiting (it is on the wire, or done).
+-- A publish that may have been sent stays queued for the Orders API, so that
+-- its re-send with the same idempotency key tells the order's id, which a
+-- cancel queued after it needs; an instore one is dropped, since a check of
+-- what the POS shows and a DELETE follow.
+CREATE FUNCTION mpqr.withdraw_publish(o mpqr.orders, why text) RETURNS text
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    q mpqr.requests;
+    api text;
+BEGIN
+    SELECT * INTO q FROM mpqr.requests x
+     WHERE x.order_id = o.id AND x.kind = 'publish' AND x.state = 'queued'
+     ORDER BY x.id DESC LIMIT 1
+       FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 'none';
+    END IF;
+    IF q.failures = 0 AND q.phase IS NULL THEN
+        UPDATE mpqr.requests x SET state = 'cancelled', finished_at = now(), error = why
+         WHERE x.id = q.id;
+        RETURN 'withdrawn';
+    END IF;
+    SELECT a.api INTO api FROM mpqr.accounts a WHERE a.name = o.account;
+    IF api = 'instore' THEN
+        UPDATE mpqr.requests x SET state = 'cancelled', finished_at = now(), error = why
+         WHERE x.id = q.id;
+    END IF;
+    RETURN 'maybe_sent';
+END
+$$;
+
 -- Queue the publish of an order, superseding what its POS shows.
 --
 -- Caller must hold the lock on the POS row, so that the requests of a POS
@@ -359,12 +395,8 @@ BEGIN
                 WHERE x.pos_id = o.pos_id AND x.id <> o.id AND x.status IN ('queued', 'published')
                 ORDER BY x.id
     LOOP
-        IF old.status = 'queued' AND EXISTS (
-               SELECT 1 FROM mpqr.requests q
-                WHERE q.order_id = old.id AND q.kind = 'publish' AND q.state = 'queued') THEN
-            UPDATE mpqr.requests q SET state = 'cancelled', finished_at = now(),
-                   error = 'superseded before it was sent'
-             WHERE q.order_id = old.id AND q.kind = 'publish' AND q.state = 'queued';
+        IF old.status = 'queued'
+           AND mpqr.withdraw_publish(old, 'superseded before it was sent') = 'withdrawn' THEN
             PERFORM mpqr.set_status(old.id, 'cancelled', 'superseded',
                                     jsonb_build_object('by', o.external_reference));
         ELSIF a.api = 'orders' THEN

@@ -206,9 +206,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'There is nothing to cancel.';
     END IF;
-    UPDATE mpqr.requests q SET state = 'cancelled', finished_at = now(), error = 'cancelled before it was sent'
-     WHERE q.order_id = o.id AND q.kind = 'publish' AND q.state = 'queued';
-    IF FOUND THEN
+    IF o.status = 'queued' AND mpqr.withdraw_publish(o, 'cancelled before it was sent') = 'withdrawn' THEN
         PERFORM mpqr.set_status(o.id, 'cancelled', 'cancelled');
         RETURN;
     END IF;

@@ -327,6 +327,26 @@ BEGIN
 END
 $$;
 
+-- Record the payments of an Orders API order document on our order.
+CREATE FUNCTION mpqr.upsert_order_payments(o mpqr.orders, j jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    pay jsonb;
+BEGIN
+    FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(j #> '{transactions,payments}', '[]')) LOOP
+        PERFORM mpqr.upsert_payment(ROW(
+            pay ->> 'id', o.account, o.id, NULL, j ->> 'id', pay #>> '{reference,id}',
+            pay ->> 'status', pay ->> 'status_detail',
+            coalesce(mpqr.api_numeric(pay -> 'paid_amount'), mpqr.api_numeric(pay -> 'amount')), 0,
+            o.currency, NULL,
+            CASE WHEN pay ->> 'status' IN ('processed', 'refunded')
+                 THEN mpqr.api_time(j ->> 'last_updated_date') END,
+            NULL, pay, now())::mpqr.payments);
+    END LOOP;
+END
+$$;
+
 -- Apply an order fetched from the Orders API.
 CREATE FUNCTION mpqr.apply_order(account text, j jsonb) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -334,7 +354,6 @@ AS $$
 DECLARE
     a mpqr.accounts;
     o mpqr.orders;
-    pay jsonb;
     refunded numeric;
 BEGIN
     SELECT * INTO a FROM mpqr.accounts x WHERE x.name = apply_order.account;
@@ -348,31 +367,43 @@ BEGIN
      WHERE x.account = a.name AND x.mp_order_id = j ->> 'id'
        FOR UPDATE;
     IF NOT FOUND THEN
+        -- our order whose publish answer was lost: the order document says
+        -- which reference it is
+        SELECT * INTO o FROM mpqr.orders x
+         WHERE x.account = a.name AND x.mp_order_id IS NULL
+           AND x.external_reference = j ->> 'external_reference'
+           FOR UPDATE;
+        IF FOUND THEN
+            UPDATE mpqr.orders x SET mp_order_id = j ->> 'id' WHERE x.id = o.id
+            RETURNING * INTO o;
+        END IF;
+    END IF;
+    IF NOT FOUND THEN
         -- an earlier attempt's order: only its money counts (a payment that
         -- arrived late on it), never its expiry or cancellation
         SELECT * INTO o FROM mpqr.orders x
          WHERE x.account = a.name AND x.previous_mp_order_ids IS NOT NULL
            AND x.previous_mp_order_ids @> ARRAY[j ->> 'id']
            FOR UPDATE;
-        IF NOT FOUND OR j ->> 'status' NOT IN ('processed', 'refunded') THEN
+        IF NOT FOUND OR coalesce(j ->> 'status', '') NOT IN ('processed', 'refunded') THEN
             RETURN;
         END IF;
-        UPDATE mpqr.orders x SET mp_order_id = j ->> 'id',
-               previous_mp_order_ids = array_remove(x.previous_mp_order_ids, j ->> 'id')
-                                       || CASE WHEN x.mp_order_id IS NULL THEN '{}'::text[]
-                                               ELSE ARRAY[x.mp_order_id] END
-         WHERE x.id = o.id
-        RETURNING * INTO o;
+        PERFORM mpqr.upsert_order_payments(o, j);
+        o := mpqr.refresh_money(o.id);
+        IF mpqr.status_rank(o.status) < 3 THEN
+            -- money on an earlier attempt: the current one must not be paid too
+            IF o.status = 'published' THEN
+                PERFORM mpqr.queue_cancel(o, 'supersede');
+            END IF;
+            PERFORM mpqr.set_status(o.id, 'paid', 'late_payment',
+                                    jsonb_build_object('earlier_attempt', j ->> 'id'));
+            PERFORM mpqr.flag(o.id, 'late_payment',
+                              jsonb_build_object('key', j ->> 'id', 'earlier_attempt', j ->> 'id',
+                                                 'was', o.status));
+        END IF;
+        RETURN;
     END IF;
-    FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(j #> '{transactions,payments}', '[]')) LOOP
-        PERFORM mpqr.upsert_payment(ROW(
-            pay ->> 'id', a.name, o.id, NULL, j ->> 'id', pay #>> '{reference,id}',
-            pay ->> 'status', pay ->> 'status_detail',
-            coalesce(mpqr.api_numeric(pay -> 'paid_amount'), mpqr.api_numeric(pay -> 'amount')), 0,
-            o.currency, NULL,
-            CASE WHEN pay ->> 'status' IN ('processed', 'refunded') THEN mpqr.api_time(j ->> 'last_updated_date') END,
-            NULL, pay, now())::mpqr.payments);
-    END LOOP;
+    PERFORM mpqr.upsert_order_payments(o, j);
     SELECT sum(mpqr.api_numeric(rf -> 'amount')) INTO refunded
       FROM jsonb_array_elements(coalesce(j #> '{transactions,refunds}', '[]')) rf
      WHERE rf ->> 'status' = 'processed';

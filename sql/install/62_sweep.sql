@@ -12,6 +12,9 @@ DECLARE
 BEGIN
     SELECT a.api INTO api FROM mpqr.accounts a WHERE a.name = o.account;
     IF api = 'orders' THEN
+        -- earlier attempts' orders are still watched for late money
+        PERFORM mpqr.queue_fetch(o.account, 'order', prev, trusted => true)
+           FROM unnest(o.previous_mp_order_ids) prev;
         IF o.mp_order_id IS NULL THEN
             RETURN 'ignored';
         END IF;
@@ -46,7 +49,6 @@ AS $$
 DECLARE
     o mpqr.orders;
     n integer := 0;
-    never_sent boolean;
 BEGIN
     FOR o IN SELECT * FROM mpqr.orders x
               WHERE x.status IN ('queued', 'published') AND x.expires_at <= now()
@@ -57,22 +59,11 @@ BEGIN
               LIMIT 1000
                 FOR UPDATE SKIP LOCKED
     LOOP
-        IF o.status = 'queued' THEN
-            -- take the publish out of the queue; was it ever sent?
-            WITH c AS (
-                UPDATE mpqr.requests q SET state = 'cancelled', finished_at = now(),
-                       error = 'the order expired before it was sent'
-                 WHERE q.order_id = o.id AND q.kind = 'publish' AND q.state = 'queued'
-                RETURNING q.failures = 0 AND q.phase IS NULL AS untouched
-            )
-            SELECT bool_and(untouched) INTO never_sent FROM c;
-            IF never_sent AND NOT EXISTS (SELECT 1 FROM mpqr.requests q
-                                           WHERE q.order_id = o.id AND q.kind = 'publish'
-                                             AND q.state <> 'cancelled' AND q.created_at >= o.attempt_at) THEN
-                PERFORM mpqr.set_status(o.id, 'expired', 'expired before it was sent');
-                n := n + 1;
-                CONTINUE;
-            END IF;
+        IF o.status = 'queued'
+           AND mpqr.withdraw_publish(o, 'the order expired before it was sent') = 'withdrawn' THEN
+            PERFORM mpqr.set_status(o.id, 'expired', 'expired before it was sent');
+            n := n + 1;
+            CONTINUE;
         END IF;
         PERFORM mpqr.queue_check(o);
         PERFORM mpqr.queue_cancel(o, 'expire');

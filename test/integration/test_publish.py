@@ -185,3 +185,12 @@ def test_queued_order_of_a_paused_account_expires_without_a_call(shop, sim):
     wait_status(shop, "AFTER-EXP", "published")
     sent = [json.loads(r["body"])["external_reference"] for r in sim.requests(r"/orders$") if r["status"] == 204]
     assert "PAUSED-EXP" not in sent
+
+
+def test_empty_public_url_is_warned_about_once(shop, sim):
+    shop.execute("SELECT mpqr_put_order('SUC001POS001', 'WARN-1', 10)")
+    shop.execute("SELECT mpqr_put_order('SUC001POS002', 'WARN-2', 10)")
+    wait_status(shop, "WARN-2", "published")
+    body = json.loads(sim.requests(INSTORE_PATH)[0]["body"])
+    assert "notification_url" not in body
+    assert shop.log_text().count("mpqr.public_url is empty") == 1
