@@ -26,6 +26,7 @@ CREATE TABLE mpqr.pos (
     mp_pos_id            bigint,
     mp_store_id          text,
     uuid                 text,
+    qr                   jsonb,
     qr_image             text,
     qr_template_document text,
     qr_template_image    text,
@@ -36,6 +37,7 @@ CREATE TABLE mpqr.pos (
     CONSTRAINT pos_status_check CHECK (status IN ('queued', 'created', 'linked', 'failed'))
 );
 COMMENT ON TABLE mpqr.pos IS 'Points of sale: the POS external id is the pos_id of mpqr_put_order()';
+COMMENT ON COLUMN mpqr.pos.qr IS 'The qr object Mercado Pago returned (image, template_document, template_image)';
 
 -- Check the fields Mercado Pago validates on a POS.
 CREATE FUNCTION mpqr.check_pos(external_pos_id text, name text) RETURNS void

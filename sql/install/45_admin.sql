@@ -125,7 +125,7 @@ $$;
 CREATE VIEW mpqr.pos_qr AS
 SELECT p.external_id AS pos_id, p.name, p.account, p.store_external_id, s.name AS store_name,
        p.status, p.mp_pos_id, p.uuid, p.qr_image, p.qr_template_document, p.qr_template_image,
-       p.qr_code
+       p.qr_code, p.qr
   FROM mpqr.pos p
   LEFT JOIN mpqr.stores s ON s.account = p.account AND s.external_id = p.store_external_id;
 COMMENT ON VIEW mpqr.pos_qr IS 'Each POS with its QR links (PNG, printable PDF template), for printing';
@@ -150,7 +150,7 @@ BEGIN
         UPDATE mpqr.pos p
            SET mp_pos_id = (j ->> 'id')::bigint, status = 'created', error = NULL,
                mp_store_id = coalesce(j ->> 'store_id', p.mp_store_id),
-               uuid = j ->> 'uuid', qr_image = j #>> '{qr,image}',
+               uuid = j ->> 'uuid', qr = j -> 'qr', qr_image = j #>> '{qr,image}',
                qr_template_document = j #>> '{qr,template_document}',
                qr_template_image = j #>> '{qr,template_image}',
                qr_code = j ->> 'qr_code', updated_at = now()

@@ -28,6 +28,7 @@ CREATE TABLE mpqr.payments (
     id                  text PRIMARY KEY,
     account             text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
     order_id            bigint REFERENCES mpqr.orders (id) ON DELETE SET NULL,
+    external_reference  text,
     merchant_order_id   bigint,
     mp_order_id         text,
     reference_id        text,
@@ -43,7 +44,9 @@ CREATE TABLE mpqr.payments (
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX payments_order ON mpqr.payments (order_id);
+CREATE INDEX payments_reference ON mpqr.payments (external_reference);
 COMMENT ON TABLE mpqr.payments IS 'Payments as Mercado Pago reports them; status is MP''s word, verbatim';
+COMMENT ON COLUMN mpqr.payments.external_reference IS 'The reference of the order it paid';
 
 CREATE TABLE mpqr.anomalies (
     id          bigserial PRIMARY KEY,
@@ -150,14 +153,17 @@ $$;
 CREATE FUNCTION mpqr.upsert_payment(p mpqr.payments) RETURNS void
 LANGUAGE sql VOLATILE PARALLEL UNSAFE
 AS $$
-    INSERT INTO mpqr.payments AS x (id, account, order_id, merchant_order_id, mp_order_id, reference_id,
+    INSERT INTO mpqr.payments AS x (id, account, order_id, external_reference, merchant_order_id,
+                                    mp_order_id, reference_id,
                                     status, status_detail, amount, amount_refunded, currency,
                                     operation_type, approved_at, last_modified, body)
-    VALUES (p.id, p.account, p.order_id, p.merchant_order_id, p.mp_order_id, p.reference_id,
+    VALUES (p.id, p.account, p.order_id, p.external_reference,
+            p.merchant_order_id, p.mp_order_id, p.reference_id,
             p.status, p.status_detail, p.amount, coalesce(p.amount_refunded, 0), p.currency,
             p.operation_type, p.approved_at, p.last_modified, p.body)
     ON CONFLICT (id) DO UPDATE
        SET order_id = coalesce(excluded.order_id, x.order_id),
+           external_reference = coalesce(excluded.external_reference, x.external_reference),
            merchant_order_id = coalesce(excluded.merchant_order_id, x.merchant_order_id),
            mp_order_id = coalesce(excluded.mp_order_id, x.mp_order_id),
            reference_id = coalesce(excluded.reference_id, x.reference_id),
@@ -287,7 +293,8 @@ BEGIN
     END IF;
     FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(mo -> 'payments', '[]')) LOOP
         PERFORM mpqr.upsert_payment(ROW(
-            pay ->> 'id', a.name, o.id, mo_id, NULL, NULL, pay ->> 'status', pay ->> 'status_detail',
+            pay ->> 'id', a.name, o.id, o.external_reference, mo_id, NULL, NULL,
+            pay ->> 'status', pay ->> 'status_detail',
             mpqr.api_numeric(pay -> 'transaction_amount'), coalesce(mpqr.api_numeric(pay -> 'amount_refunded'), 0),
             pay ->> 'currency_id', pay ->> 'operation_type', mpqr.api_time(pay ->> 'date_approved'),
             mpqr.api_time(pay ->> 'last_modified'), pay, now())::mpqr.payments);
@@ -336,7 +343,7 @@ DECLARE
 BEGIN
     FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(j #> '{transactions,payments}', '[]')) LOOP
         PERFORM mpqr.upsert_payment(ROW(
-            pay ->> 'id', o.account, o.id, NULL, j ->> 'id', pay #>> '{reference,id}',
+            pay ->> 'id', o.account, o.id, o.external_reference, NULL, j ->> 'id', pay #>> '{reference,id}',
             pay ->> 'status', pay ->> 'status_detail',
             coalesce(mpqr.api_numeric(pay -> 'paid_amount'), mpqr.api_numeric(pay -> 'amount')), 0,
             o.currency, NULL,

@@ -60,6 +60,8 @@ def test_store_then_pos_in_one_transaction_keeps_the_qr(accounts, sim):
     assert all(v is not None for v in pos), pos
     assert pos[1] == store[0]
     assert pos[3].endswith(".png") and pos[4].endswith(".pdf")
+    assert accounts.scalar("SELECT qr ->> 'template_document' FROM mpqr.pos "
+                           "WHERE external_id = 'SUC001POS001'") == pos[4]
     # what MP received: the store first, then the POS with the store's ids
     st = sim.requests(r"^/users/%d/stores$" % COLLECTOR)
     ps = sim.requests(r"^/pos$")

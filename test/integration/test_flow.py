@@ -111,6 +111,8 @@ def test_instore_seed_flow(shop, sim):
     p = shop.execute("SELECT id, status, amount FROM mpqr.payments WHERE order_id = "
                      "(SELECT id FROM mpqr.orders WHERE external_reference = 'ORDER-1001')")
     assert p == [(str(pay["payment_id"]), "approved", 150)]
+    assert shop.scalar("SELECT external_reference FROM mpqr.payments WHERE id = %s",
+                       (str(pay["payment_id"]),)) == "ORDER-1001"
     # the notifications that made it happen were stored and triggered fetches
     n = shop.execute("SELECT topic, resource_id, triggered FROM mpqr.notifications WHERE resource_id = %s",
                      (str(mo),))

@@ -194,3 +194,31 @@ def test_empty_public_url_is_warned_about_once(shop, sim):
     body = json.loads(sim.requests(INSTORE_PATH)[0]["body"])
     assert "notification_url" not in body
     assert shop.log_text().count("mpqr.public_url is empty") == 1
+
+
+def test_lock_timeout_while_recording_is_retried_not_failed(shop, sim):
+    """A user transaction holds the order while its 204 comes back: the record
+    times out on the lock, fails as a whole, and is tried again; the request
+    is not failed for good."""
+    shop.execute("ALTER SYSTEM SET mpqr.worker_lock_timeout = '300ms'")
+    shop.reload()
+    try:
+        # MP takes 3 s to answer, so the lock below is taken long before the 204
+        sim.fault(method="PUT", path=INSTORE_PATH, latency_ms=3000, times=1)
+        shop.execute("SELECT mpqr_put_order('SUC001POS001', 'LOCKED-1', 10)")
+        oid = shop.scalar("SELECT id FROM mpqr.orders WHERE external_reference = 'LOCKED-1'")
+        holder = shop.connect(autocommit=False)
+        with holder.cursor() as cur:
+            cur.execute("SELECT 1 FROM mpqr.orders WHERE id = %s FOR UPDATE", (oid,))
+        sim.wait_requests(INSTORE_PATH, method="PUT")
+        wait_for(lambda: "lock timeout" in (shop.status().get("sender_last_error") or ""),
+                 30, what="the sender's record to time out on the lock")
+        assert shop.scalar("SELECT state FROM mpqr.requests WHERE order_id = %s", (oid,)) == "inflight"
+        holder.rollback()
+        holder.close()
+        wait_status(shop, "LOCKED-1", "published")
+        assert shop.scalar("SELECT state FROM mpqr.requests WHERE order_id = %s", (oid,)) == "done"
+        assert len(sim.requests(INSTORE_PATH)) == 1
+    finally:
+        shop.execute("ALTER SYSTEM RESET mpqr.worker_lock_timeout")
+        shop.reload()
