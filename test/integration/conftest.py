@@ -53,7 +53,7 @@ def cluster(sim):
 def db(cluster, sim):
     """A fresh mpqr extension in the served database, and a reset simulator."""
     sim.reset()
-    cluster.execute("DROP EXTENSION IF EXISTS mpqr CASCADE")
+    cluster.drop_extension()
     cluster.execute("DROP SCHEMA IF EXISTS mpqr CASCADE")
     cluster.execute("CREATE EXTENSION mpqr")
     return cluster

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
 
 PG_BIN = "/usr/lib/postgresql/15/bin"
@@ -165,6 +166,22 @@ class Cluster:
     def scalar(self, sql, params=None, dbname="postgres"):
         rows = self.execute(sql, params, dbname)
         return rows[0][0] if rows else None
+
+    def drop_extension(self, dbname="postgres", attempts=10):
+        """DROP EXTENSION mpqr while its workers run.
+
+        The workers' transactions hold locks on the extension's tables, which
+        DROP EXTENSION takes one after another: now and then the deadlock
+        detector picks the DROP as its victim.  That is PostgreSQL working as
+        designed; the DROP is simply tried again.
+        """
+        for i in range(attempts):
+            try:
+                self.execute("DROP EXTENSION IF EXISTS mpqr CASCADE", dbname=dbname)
+                return
+            except psycopg2.errors.DeadlockDetected:
+                if i == attempts - 1:
+                    raise
 
     def wait_ready(self, timeout=60):
         """Wait until the server accepts connections (after a crash restart)."""

@@ -461,7 +461,7 @@ def test_invalid_utf8_body_is_400(db, base):
 def test_healthz(db, base):
     status, answer, _ = send(base, "GET", "/healthz")
     assert status == 200 and answer == {"status": "ok"}
-    db.execute("DROP EXTENSION mpqr CASCADE")
+    db.drop_extension()
     status, answer, _ = send(base, "GET", "/healthz")
     assert status == 503 and answer == {"status": "unavailable"}
     assert send(base, "POST", "/notifications?topic=payment&id=1")[0] == 503

@@ -320,7 +320,7 @@ def test_extension_recreated_under_in_flight_requests(acct, sim):
     sim.fault(method="GET", path="/v1/payments/1001$", latency_ms=3000, times=1)
     old = enqueue_payment(c, 1001)
     wait_for(lambda: sim.requests("/v1/payments/1001"), 10, what="the request to be in flight")
-    c.execute("DROP EXTENSION mpqr CASCADE")
+    c.drop_extension()
     c.execute("CREATE EXTENSION mpqr")
     c.execute("SELECT mpqr_add_account('main', %s, %s)", (COLLECTOR, TOKEN))
     # the new extension numbers its requests from 1 again
