@@ -143,6 +143,14 @@ BEGIN
         method := t.method;
         path := t.path;
         body := t.body;
+        IF c.kind = 'create_pos' AND c.phase IS NULL THEN
+            -- built now: its store exists at Mercado Pago by the time the
+            -- POS is claimed, but may not have when it was queued
+            SELECT mpqr.pos_body(p, coalesce(s.mp_store_id, p.mp_store_id)) INTO body
+              FROM mpqr.pos p
+              LEFT JOIN mpqr.stores s ON s.account = p.account AND s.external_id = p.store_external_id
+             WHERE p.external_id = c.subject;
+        END IF;
         token := c.access_token;
         idempotency_key := c.idempotency_key;
         attempt := c.attempts;

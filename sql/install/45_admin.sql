@@ -51,7 +51,8 @@ BEGIN
 END
 $$;
 
--- The body of a POS creation; store_id is NULL until the store exists at MP.
+-- The body of a POS creation.  The claim builds it again when the POS is
+-- sent, because store_id is NULL until the store exists at MP.
 CREATE FUNCTION mpqr.pos_body(p mpqr.pos, mp_store_id text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
@@ -140,12 +141,6 @@ BEGIN
          WHERE s.account = r.account AND s.external_id = r.subject;
         UPDATE mpqr.pos p SET mp_store_id = j ->> 'id', updated_at = now()
          WHERE p.account = r.account AND p.store_external_id = r.subject;
-        -- the POS of this store that wait for it can now say which store they belong to
-        UPDATE mpqr.requests q
-           SET body = mpqr.pos_body(p, j ->> 'id')
-          FROM mpqr.pos p
-         WHERE q.kind = 'create_pos' AND q.state = 'queued' AND q.account = r.account
-           AND p.external_id = q.subject AND p.store_external_id = r.subject;
     ELSE
         UPDATE mpqr.pos p
            SET mp_pos_id = (j ->> 'id')::bigint, status = 'created', error = NULL,
