@@ -27,15 +27,19 @@ BEGIN
 END
 $$;
 
--- Is this order still watched for money?  Open orders, and cancelled,
--- superseded or expired ones until their expiry plus mpqr.late_payment_grace.
-CREATE FUNCTION mpqr.watched(o mpqr.orders) RETURNS boolean
+-- The orders still watched for money: open ones (index orders_open), and
+-- cancelled, superseded or expired ones until their expiry, or their close
+-- if later, plus mpqr.late_payment_grace (index orders_watched).  The one
+-- place this rule lives: the sweep and mpqr_reconcile() both read it.
+CREATE FUNCTION mpqr.watched_orders() RETURNS SETOF mpqr.orders
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT o.status = 'published'
-        OR (o.status IN ('cancelled', 'expired')
-            AND now() < greatest(o.expires_at, coalesce(o.closed_at, o.expires_at))
-                        + mpqr.setting_interval('late_payment_grace', '1h'))
+    SELECT * FROM mpqr.orders x
+     WHERE x.status = 'published'
+    UNION ALL
+    SELECT * FROM mpqr.orders x
+     WHERE x.status IN ('cancelled', 'expired')
+       AND greatest(x.expires_at, x.closed_at) > now() - mpqr.setting_interval('late_payment_grace', '1h')
 $$;
 
 -- Expire what reached its expiry.  A queued order that was never sent
@@ -85,23 +89,14 @@ DECLARE
     fast_after interval := mpqr.setting_interval('fast_check_after', '30s');
     fast_every interval := mpqr.setting_interval('fast_check_interval', '5s');
     slow_every interval := mpqr.setting_interval('reconcile_interval', '60s');
-    grace interval := mpqr.setting_interval('late_payment_grace', '1h');
     o mpqr.orders;
     n integer := 0;
 BEGIN
-    FOR o IN SELECT * FROM (
-                 -- open orders (index orders_open)
-                 SELECT * FROM mpqr.orders x
-                  WHERE x.status = 'published'
-                    AND coalesce(x.published_at, x.created_at) <= now() - fast_after
-                 UNION ALL
-                 -- cancelled, superseded and expired orders still watched (index orders_watched)
-                 SELECT * FROM mpqr.orders x
-                  WHERE x.status IN ('cancelled', 'expired')
-                    AND greatest(x.expires_at, x.closed_at) > now() - grace
-             ) x
-              WHERE x.last_checked_at IS NULL OR x.last_checked_at <= now() -
-                    CASE WHEN x.status = 'published' AND now() < x.expires_at THEN fast_every ELSE slow_every END
+    FOR o IN SELECT * FROM mpqr.watched_orders() x
+              WHERE (x.status <> 'published'
+                     OR coalesce(x.published_at, x.created_at) <= now() - fast_after)
+                AND (x.last_checked_at IS NULL OR x.last_checked_at <= now() -
+                     CASE WHEN x.status = 'published' AND now() < x.expires_at THEN fast_every ELSE slow_every END)
               ORDER BY x.last_checked_at NULLS FIRST, x.id
               LIMIT 100
     LOOP
@@ -151,10 +146,8 @@ DECLARE
     n integer := 0;
 BEGIN
     PERFORM mpqr.require(older_than, 'older_than');
-    FOR o IN SELECT * FROM mpqr.orders x
-              WHERE x.status IN ('published', 'cancelled', 'expired')
-                AND mpqr.watched(x)
-                AND x.created_at <= now() - older_than
+    FOR o IN SELECT * FROM mpqr.watched_orders() x
+              WHERE x.created_at <= now() - older_than
               ORDER BY x.id
     LOOP
         IF mpqr.queue_check(o) IN ('queued', 'coalesced') THEN
