@@ -16,7 +16,9 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 
-PG_BIN = "/usr/lib/postgresql/15/bin"
+# MPQR_PG_BIN points the tests at another (relocated) PostgreSQL 15 tree,
+# so that two checkouts can be built and tested side by side.
+PG_BIN = os.environ.get("MPQR_PG_BIN", "/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
 
 
