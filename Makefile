@@ -20,6 +20,7 @@ OBJS = \
 	src/status.o \
 	src/limits.o \
 	src/http_client.o \
+	src/outbox_sql.o \
 	src/sender.o \
 	src/signature.o \
 	src/signature_sql.o \
@@ -27,15 +28,22 @@ OBJS = \
 	src/listener_http.o \
 	src/listener.o
 
-# The install script is assembled from per-concern sources, in name order.
-INSTALL_SOURCES = $(sort $(wildcard sql/install/*.sql))
-DATA_built = mpqr--$(EXTVERSION).sql
-DATA = $(wildcard sql/upgrade/mpqr--*--*.sql)
-EXTRA_CLEAN = results regression.diffs regression.out
+# The install script is assembled from the data definitions (sql/schema) and
+# the code (sql/code), each in name order.  Each upgrade script is its own
+# schema step (sql/upgrade) followed by the same code, which it makes anew.
+# Older install scripts (sql/mpqr--X.Y.Z.sql) are kept frozen, so that an
+# old version can be installed and updated.
+SCHEMA_SOURCES = $(sort $(wildcard sql/schema/*.sql))
+CODE_SOURCES = $(sort $(wildcard sql/code/*.sql))
+UPGRADE_STEPS = $(notdir $(wildcard sql/upgrade/mpqr--*--*.sql))
+DATA_built = mpqr--$(EXTVERSION).sql $(UPGRADE_STEPS)
+DATA = $(filter-out sql/mpqr--$(EXTVERSION).sql,$(wildcard sql/mpqr--*.sql))
+EXTRA_CLEAN = results regression.diffs regression.out tmp_check log
 
 SHLIB_LINK = -lcurl -lmicrohttpd -lcrypto
 PG_CPPFLAGS = -DMPQR_VERSION=\"$(EXTVERSION)\"
 
+# pg_regress (make regress): on a temporary instance with mpqr preloaded
 REGRESS = accounts put_order reconcile
 REGRESS_OPTS = --load-extension=mpqr
 
@@ -54,15 +62,18 @@ endif
 # every object is rebuilt when a header changes (shared memory layout!)
 $(OBJS): $(wildcard src/*.h)
 
-mpqr--$(EXTVERSION).sql: $(INSTALL_SOURCES) mpqr.control
-	cat $(INSTALL_SOURCES) > $@
+mpqr--$(EXTVERSION).sql: $(SCHEMA_SOURCES) $(CODE_SOURCES) mpqr.control
+	cat $(SCHEMA_SOURCES) $(CODE_SOURCES) > $@
+
+mpqr--%.sql: sql/upgrade/mpqr--%.sql $(CODE_SOURCES)
+	cat $< $(CODE_SOURCES) > $@
 
 DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-15-cron \
 	libcurl4-openssl-dev libmicrohttpd-dev libssl-dev \
 	clang libclang-rt-14-dev openssl curl \
 	python3 python3-pytest python3-psycopg2
 
-.PHONY: deps test demo fuzz fuzz-run bench
+.PHONY: deps test demo fuzz fuzz-run bench regress print-regress
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do \
@@ -75,6 +86,12 @@ deps:
 
 test:
 	bash test/run-tests.sh
+
+regress:
+	bash test/regress.sh
+
+print-regress:
+	@echo $(REGRESS)
 
 demo:
 	bash test/demo.sh

@@ -2,7 +2,7 @@
 \set SHOW_CONTEXT never
 SET client_min_messages = error;  -- the public_url warning comes once per server start
 
-SELECT mpqr_add_account('main', 123456789, 'APP_USR-main', 'secret', 'MLA', 'instore');
+SELECT mpqr_add_account('main', 123456789, 'APP_USR-main', 'secret-main', 'MLA', 'instore');
 SELECT mpqr_add_account('chile', 555, 'APP_USR-cl', NULL, 'MLC', 'orders');
 SELECT mpqr_add_pos('SUC001POS001', 'SUC001', 'Caja 1', register => false);
 SELECT mpqr_add_pos('CL1POS1', 'CL1', 'Caja', account => 'chile', register => false);
@@ -16,11 +16,14 @@ SELECT count(*) FROM mpqr.requests;
 -- other content under the same reference is an error
 SELECT mpqr_put_order('SUC001POS001', 'ORDER-1001', 151.00);
 
--- the instore request: long path, items with unit_measure and total_amount, expiry
-SELECT method, path, idempotency_key IS NULL AS no_key,
-       body::jsonb - 'expiration_date' AS body,
-       (body::jsonb ->> 'expiration_date')::timestamptz - now() BETWEEN interval '14 min' AND interval '15 min' AS expires_in_15min
-  FROM mpqr.requests WHERE kind = 'publish';
+-- the instore request, built when it is claimed: long path, items with
+-- unit_measure and total_amount, the expiry (10 minutes by default)
+SELECT q.method, t.path, q.idempotency_key IS NULL AS no_key, q.body IS NULL AS built_when_claimed,
+       t.body::jsonb - 'expiration_date' AS body,
+       (t.body::jsonb ->> 'expiration_date')::timestamptz - now() BETWEEN interval '9 min' AND interval '10 min' AS expires_in_10min
+  FROM mpqr.requests q JOIN mpqr.accounts a ON a.name = q.account,
+       LATERAL mpqr.request_target(q, a) t
+ WHERE q.kind = 'publish';
 SELECT external_reference, pos_id, total_amount, currency, status, title, description, items
   FROM mpqr.orders;
 
@@ -46,14 +49,29 @@ SELECT mpqr_put_order('SUC001POS001', 'R1', 10, '[{"title":"a","unit_price":10,"
 SELECT mpqr_put_order('CL1POS1', 'R1', 10, '[{"title":"a","unit_price":20,"quantity":0.5}]');
 SELECT mpqr_put_order('SUC001POS001', 'R1', 10, '[{"title":"a","unit_price":10,"quantity":1,"unit_measure":"kg"}]');
 SELECT mpqr_put_order('SUC001POS001', 'R1', 10, expires_in => '0 seconds');
+SELECT mpqr_put_order('SUC001POS001', 'R1', 10, expires_in => '29 seconds');
+SELECT mpqr_put_order('SUC001POS001', 'R1', 10, expires_in => '11 minutes');
+SELECT mpqr_put_order('CL1POS1', 'R1', 10, expires_in => '3601 hours', mode => 'dynamic');
+SELECT mpqr_put_order('SUC001POS001', 'R1', 10, mode => 'dynamic');
+SELECT mpqr_put_order('CL1POS1', 'R1', 10, mode => 'qr');
 SELECT mpqr_put_order('SUC001POS001', 'R1', 10, description => repeat('d', 151));
 SELECT count(*) FROM mpqr.requests;
 SELECT count(*) FROM mpqr.orders;
 
 -- Orders API: string amounts, config.qr, expiration_time, one stable key
-SELECT mpqr_put_order('CL1POS1', 'CL-1', 1500, title => 'Empanadas', expires_in => '20 minutes') AS id;
-SELECT method, path, body::jsonb AS body, idempotency_key = (SELECT idempotency_key FROM mpqr.orders WHERE external_reference = 'CL-1') AS stable_key
-  FROM mpqr.requests WHERE order_id = (SELECT id FROM mpqr.orders WHERE external_reference = 'CL-1');
+SELECT mpqr_put_order('CL1POS1', 'CL-1', 1500, title => 'Empanadas', expires_in => '5 minutes') AS id;
+SELECT t.method, t.path, t.body::jsonb AS body,
+       q.idempotency_key = (SELECT idempotency_key FROM mpqr.orders WHERE external_reference = 'CL-1') AS stable_key
+  FROM mpqr.requests q JOIN mpqr.accounts a ON a.name = q.account,
+       LATERAL mpqr.request_target(q, a) t
+ WHERE q.order_id = (SELECT id FROM mpqr.orders WHERE external_reference = 'CL-1');
+-- a dynamic QR order of up to 3600 hours: it supersedes nothing on its POS
+SELECT mpqr_put_order('CL1POS1', 'CL-DYN', 2000, expires_in => '2 hours', mode => 'dynamic') > 0 AS put;
+SELECT t.body::jsonb #> '{config,qr}' AS qr, t.body::jsonb ->> 'expiration_time' AS expiration_time
+  FROM mpqr.requests q JOIN mpqr.accounts a ON a.name = q.account,
+       LATERAL mpqr.request_target(q, a) t
+ WHERE q.order_id = (SELECT id FROM mpqr.orders WHERE external_reference = 'CL-DYN');
+SELECT external_reference, status, mode FROM mpqr.orders WHERE pos_id = 'CL1POS1' ORDER BY id;
 
 -- a rolled back put leaves nothing behind
 BEGIN;

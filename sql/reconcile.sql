@@ -144,7 +144,10 @@ SELECT mpqr_receipt('A') LIKE '%RECEIPT%Reference: A%503  approved  60.00%' AS r
 SELECT mpqr_put_order('P2', 'F', 10) > 0 AS put;
 SELECT mpqr.set_status(id, 'published') FROM mpqr.orders WHERE external_reference = 'F';
 SELECT mpqr_reconcile();
-SELECT kind, subject FROM mpqr.requests WHERE kind LIKE 'fetch%' OR kind LIKE 'search%' ORDER BY id;
+SELECT kind, subject FROM mpqr.requests
+ WHERE (kind LIKE 'fetch%' OR kind LIKE 'search%') AND subject NOT LIKE 'window:%' ORDER BY id;
+-- and starts a catch-up of each account with orders
+SELECT account, window_end IS NOT NULL AS running FROM mpqr.catchups ORDER BY account;
 SELECT mpqr_reconcile('1 hour');
 
 -- clean up for the next test

@@ -31,7 +31,7 @@ int			mpqr_connect_timeout_ms = 5000;
 char	   *mpqr_listen_address = NULL;
 int			mpqr_listen_port = 8484;
 int			mpqr_max_body = 64 * 1024;
-int			mpqr_signature_policy = MPQR_SIGNATURE_ENFORCE;
+int			mpqr_signature_policy = MPQR_SIGNATURE_RECORD;
 int			mpqr_max_connections = 256;
 int			mpqr_connection_timeout_s = 30;
 int			mpqr_worker_lock_timeout_ms = 5000;
@@ -39,7 +39,7 @@ int			mpqr_worker_statement_timeout_ms = 10000;
 
 /* read by the extension's SQL only */
 static char *public_url = NULL;
-static int	default_expires_in_s = 15 * 60;
+static int	default_expires_in_s = 10 * 60;
 static int	reconcile_interval_s = 60;
 static int	late_payment_grace_s = 60 * 60;
 static int	max_attempts = 10;
@@ -52,6 +52,9 @@ static int	sweep_rate = 20;
 static int	fast_check_after_s = 30;
 static int	fast_check_interval_s = 5;
 static int	retention_min = 90 * 24 * 60;
+static int	fetch_debounce_ms = 1000;
+static int	unknown_fetch_per_order = 8;
+static int	catchup_interval_s = 300;
 
 static const struct config_enum_entry signature_policy_options[] = {
 	{"enforce", MPQR_SIGNATURE_ENFORCE, false},
@@ -123,9 +126,9 @@ MpqrGucInit(void)
 
 	DefineCustomEnumVariable("mpqr.signature_policy",
 							 "What the listener does with a webhook whose signature is wrong.",
-							 "enforce answers 401 and stores nothing; record stores it as invalid.",
+							 "record (the default) stores it as invalid and still fetches, under the rate limits; enforce answers 401 and stores nothing, also for an unsigned webhook of an account with a secret.",
 							 &mpqr_signature_policy,
-							 MPQR_SIGNATURE_ENFORCE,
+							 MPQR_SIGNATURE_RECORD,
 							 signature_policy_options,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
@@ -172,15 +175,15 @@ MpqrGucInit(void)
 
 	DefineCustomIntVariable("mpqr.default_expires_in",
 							"Expiry of orders put without expires_in.",
-							NULL,
+							"Static QR orders live at most 10 minutes at Mercado Pago: a longer default is cut to that for them.",
 							&default_expires_in_s,
-							15 * 60, 30, 30 * 24 * 60 * 60,
+							10 * 60, 30, 3600 * 60 * 60,
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("mpqr.poll_interval",
 							"The sender's safety-net poll when no commit woke it.",
-							NULL,
+							"It polls only while requests are queued or in flight: an idle sender sleeps until a commit wakes it or something is due.",
 							&mpqr_poll_interval_ms,
 							1000, 10, 60 * 60 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS,
@@ -224,6 +227,30 @@ MpqrGucInit(void)
 							&unknown_fetch_rate,
 							10, 1, 10000,
 							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mpqr.unknown_fetch_per_order",
+							"Fetches of resources mpqr has not seen yet that each order waiting for news adds to their budget.",
+							NULL,
+							&unknown_fetch_per_order,
+							8, 0, 1000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mpqr.fetch_debounce",
+							"News of a resource fetched less than this ago makes one more fetch after this window, not one each.",
+							NULL,
+							&fetch_debounce_ms,
+							1000, 0, 60 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mpqr.catchup_interval",
+							"How often each account searches its payments by date_last_updated, for what notifications missed.",
+							NULL,
+							&catchup_interval_s,
+							300, 10, 24 * 60 * 60,
+							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("mpqr.sweep_rate",

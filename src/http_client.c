@@ -323,7 +323,8 @@ MpqrHttpInFlight(MpqrHttpClient *client)
 }
 
 /*
- * Take a transfer from the free list, or make a new one.
+ * Take a transfer from the free list, or make a new one; NULL when libcurl
+ * cannot make a handle.
  */
 static MpqrHttpTransfer *
 get_transfer(MpqrHttpClient *client)
@@ -342,9 +343,7 @@ get_transfer(MpqrHttpClient *client)
 	if (t->easy == NULL)
 	{
 		pfree(t);
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl easy handle")));
+		return NULL;
 	}
 	t->next_all = client->all;
 	client->all = t;
@@ -376,50 +375,62 @@ release_transfer(MpqrHttpClient *client, MpqrHttpTransfer *t)
 }
 
 /*
- * Append one header line to the transfer's list.
+ * Append one header line to the transfer's list; false when out of memory.
  */
-static void
-add_header(MpqrHttpClient *client, MpqrHttpTransfer *t, const char *line)
+static bool
+add_header(MpqrHttpTransfer *t, const char *line)
 {
 	struct curl_slist *l = curl_slist_append(t->headers, line);
 
 	if (l == NULL)
-	{
-		release_transfer(client, t);
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("out of memory")));
-	}
+		return false;
 	t->headers = l;
+	return true;
 }
 
 /*
  * Start one request.  It runs as MpqrHttpDrive is called; its outcome comes
- * back from MpqrHttpNextResult.
+ * back from MpqrHttpNextResult.  Returns false, with the reason in error,
+ * when it could not even be started (out of memory in libcurl); nothing is
+ * then in flight for it.  Never raises an error.
  */
-void
-MpqrHttpStart(MpqrHttpClient *client, const MpqrHttpRequest *req)
+bool
+MpqrHttpStart(MpqrHttpClient *client, const MpqrHttpRequest *req,
+			  char *error, size_t error_size)
 {
 	MpqrHttpTransfer *t = get_transfer(client);
-	CURL	   *easy = t->easy;
+	CURL	   *easy;
 	bool		has_body = (req->body != NULL);
 	bool		bodyless_method = (strcmp(req->method, "GET") == 0 ||
 								   strcmp(req->method, "DELETE") == 0 ||
 								   strcmp(req->method, "HEAD") == 0);
+	bool		ok = true;
 	CURLMcode	mc;
 
+	if (t == NULL)
+	{
+		strlcpy(error, "could not create a libcurl easy handle", error_size);
+		return false;
+	}
+	easy = t->easy;
 	t->id = req->id;
 	t->tag = req->tag;
 	t->attempt = req->attempt;
 	strlcpy(t->label, req->label ? req->label : req->method, sizeof(t->label));
 
 	for (const char *const *h = req->headers; h != NULL && *h != NULL; h++)
-		add_header(client, t, *h);
+		ok = ok && add_header(t, *h);
 	/* never wait for "100 Continue" */
-	add_header(client, t, "Expect:");
+	ok = ok && add_header(t, "Expect:");
 	/* no form-urlencoded default for an empty POST or PUT */
 	if (!has_body && !bodyless_method)
-		add_header(client, t, "Content-Type:");
+		ok = ok && add_header(t, "Content-Type:");
+	if (!ok)
+	{
+		release_transfer(client, t);
+		strlcpy(error, "out of memory while building the request headers", error_size);
+		return false;
+	}
 
 	curl_easy_setopt(easy, CURLOPT_PRIVATE, t);
 	curl_easy_setopt(easy, CURLOPT_URL, req->url);
@@ -471,13 +482,13 @@ MpqrHttpStart(MpqrHttpClient *client, const MpqrHttpRequest *req)
 	if (mc != CURLM_OK)
 	{
 		release_transfer(client, t);
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not start an API request: %s",
-						curl_multi_strerror(mc))));
+		snprintf(error, error_size, "could not start the request: %s",
+				 curl_multi_strerror(mc));
+		return false;
 	}
 	t->active = true;
 	client->in_flight++;
+	return true;
 }
 
 /*

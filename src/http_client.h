@@ -56,7 +56,8 @@ extern void MpqrHttpDestroy(MpqrHttpClient *client);
 extern void MpqrHttpConfigure(MpqrHttpClient *client);
 extern int	MpqrHttpSocket(MpqrHttpClient *client);
 extern long MpqrHttpTimeout(MpqrHttpClient *client);
-extern void MpqrHttpStart(MpqrHttpClient *client, const MpqrHttpRequest *req);
+extern bool MpqrHttpStart(MpqrHttpClient *client, const MpqrHttpRequest *req,
+						  char *error, size_t error_size);
 extern void MpqrHttpDrive(MpqrHttpClient *client);
 extern bool MpqrHttpNextResult(MpqrHttpClient *client, MpqrHttpResult *result);
 extern int	MpqrHttpInFlight(MpqrHttpClient *client);

@@ -276,21 +276,20 @@ start_http(void)
 }
 
 /*
- * Can a notification be stored right now?  Logs when the answer changes.
+ * Can a notification be stored right now?  ext is what the unit found (see
+ * MpqrRunUnit); logs when the answer changes.
  *
  * Caller must be inside the batch transaction.
  */
 static bool
-database_ready(void)
+database_ready(Oid ext)
 {
 	const char *why = NULL;
 
-	if (RecoveryInProgress())
-		why = "the server is in recovery";
+	if (!OidIsValid(ext))
+		why = MpqrNotReadyReason();
 	else if (XactReadOnly)
 		why = "transactions are read-only";
-	else if (!MpqrExtensionReady())
-		why = "extension \"mpqr\" does not exist";
 
 	if (why != NULL && last_ready != 0)
 		ereport(LOG,
@@ -317,22 +316,6 @@ is_request_error(int sqlerrcode)
 
 	return category == ERRCODE_DATA_EXCEPTION ||
 		category == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
-}
-
-/*
- * Abort the batch transaction after a request's data error, without
- * logging it: a malformed body is the sender's fault, and logging it would
- * let anyone fill the log.
- */
-static void
-abort_batch_quietly(void)
-{
-	disable_timeout(STATEMENT_TIMEOUT, false);
-	HOLD_INTERRUPTS();
-	AbortCurrentTransaction();
-	FlushErrorState();
-	RESUME_INTERRUPTS();
-	pgstat_report_activity(STATE_IDLE, NULL);
 }
 
 /*
@@ -506,20 +489,23 @@ ingest_in_subxact(Datum *values, char *nulls)
 	return status;
 }
 
+/* one batch, and how to store it */
+typedef struct BatchUnit
+{
+	MpqrRequest *batch;
+	bool		per_request;	/* each request in a subtransaction */
+} BatchUnit;
+
 /*
- * Store a batch in one transaction, setting each request's status.
- * per_request puts each request in its own subtransaction.
+ * The body of a batch unit: store each request, setting its status.
  */
 static void
-store_batch_once(MpqrRequest *batch, bool per_request)
+store_batch_body(Oid ext, void *arg)
 {
-	bool		ready;
+	BatchUnit  *u = (BatchUnit *) arg;
+	bool		ready = database_ready(ext);
 
-	MpqrTxBegin(per_request ?
-				"mpqr listener: storing notifications one by one" :
-				"mpqr listener: storing notifications");
-	ready = database_ready();
-	for (MpqrRequest *req = batch; req != NULL; req = req->next)
+	for (MpqrRequest *req = u->batch; req != NULL; req = req->next)
 	{
 		Datum		values[5];
 		char		nulls[5];
@@ -531,75 +517,46 @@ store_batch_once(MpqrRequest *batch, bool per_request)
 			req->status = 200;
 		else if (!ingest_arguments(req, values, nulls))
 			req->status = 400;
-		else if (per_request)
+		else if (u->per_request)
 			req->status = ingest_in_subxact(values, nulls);
 		else
 			req->status = ingest(values, nulls);
 	}
-	MpqrTxCommit();
 }
 
 /*
  * Answer the whole batch 503 after a failed transaction.
  */
 static void
-batch_unavailable(MpqrRequest *batch, const char *message)
+batch_unavailable(MpqrRequest *batch)
 {
 	for (MpqrRequest *req = batch; req != NULL; req = req->next)
 		req->status = 503;
-	MpqrWorkerSetError(&MpqrState->listener, message);
 }
 
 /*
  * Store a batch, deciding each request's answer: once for the whole batch,
- * then, if one request's data broke it, once more request by request.
+ * then, if one request's data broke it, once more request by request.  A
+ * data error is not logged: anyone can send bad JSON, and logging it would
+ * let anyone fill the log.
  */
 static void
 store_batch(MpqrRequest *batch)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool redo = false;
+	BatchUnit	u = {batch, false};
+	int			code;
 
-	PG_TRY();
+	code = MpqrRunUnit(&MpqrState->listener, "mpqr listener: storing notifications",
+					   store_batch_body, &u, is_request_error);
+	if (code != 0 && is_request_error(code))
 	{
-		store_batch_once(batch, false);
+		u.per_request = true;
+		code = MpqrRunUnit(&MpqrState->listener,
+						   "mpqr listener: storing notifications one by one",
+						   store_batch_body, &u, NULL);
 	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		if (is_request_error(edata->sqlerrcode))
-		{
-			abort_batch_quietly();
-			redo = true;
-		}
-		else
-		{
-			MpqrTxCleanupAfterError();
-			batch_unavailable(batch, edata->message);
-		}
-	}
-	PG_END_TRY();
-
-	if (!redo)
-		return;
-
-	PG_TRY();
-	{
-		store_batch_once(batch, true);
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		MpqrTxCleanupAfterError();
-		batch_unavailable(batch, edata->message);
-	}
-	PG_END_TRY();
+	if (code != 0)
+		batch_unavailable(batch);
 }
 
 /*

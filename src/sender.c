@@ -2,68 +2,65 @@
  *
  * sender.c
  *		The "mpqr sender" background worker: drains the outbox of API
- *		requests with libcurl.
+ *		requests with libcurl, and runs the periodic duties.
  *
  * The sender only moves bytes; what to send and what an answer means are
- * decided by the extension's SQL.  Each turn of the loop:
+ * decided by the extension's SQL (sql/code/30_outbox.sql), through the
+ * typed contract of outbox_sql.c.  Each turn of the loop:
  *
- *	- waits on one WaitEventSet holding the latch (set by backends at the
- *	  commit of a transaction that queued work), postmaster death and the
- *	  HTTP client's epoll fd, with a timeout taken from curl's timer, the
- *	  poll interval and the recording deadline;
+ *	- waits on one WaitEventSet holding the latch (set at the commit of a
+ *	  transaction that queued work), postmaster death and the HTTP client's
+ *	  epoll fd, until curl's timer, the next due request, the next tick, or
+ *	  a unit's backoff; with nothing due it sleeps until woken;
  *	- lets curl do its socket work and collects the finished requests;
- *	- records finished requests with mpqr.record_responses() in one
- *	  transaction, once the batch is done or the oldest outcome is
- *	  RECORD_INTERVAL_MS old, so that a slow request never holds back the
- *	  others;
- *	- about once per mpqr.poll_interval runs mpqr.tick() in a transaction of
- *	  its own;
- *	- when there may be work and fewer than mpqr.max_in_flight requests are
- *	  in flight, claims more with mpqr.claim_requests() in one short
- *	  transaction, and starts them once it has committed.
+ *	- records them with mpqr.record_responses() in one transaction, as soon
+ *	  as nothing else is in flight or the oldest is RECORD_INTERVAL_MS old;
+ *	- runs mpqr.tick() when it is due (it says when it is next due);
+ *	- when there may be work and there is room, claims more with
+ *	  mpqr.claim_requests() in one short transaction, and starts them once
+ *	  it has committed.
  *
- * No transaction is ever open while requests are on the wire.  Each unit of
- * work is its own transaction; an error in one is logged, kept as the
- * sender's last error, and followed by a short pause.  A request whose
- * outcome is never recorded (an error, a crash, SIGTERM) is found again by
- * the SQL through its expired lease.
+ * No transaction is ever open while requests are on the wire.  Every unit
+ * of work goes through MpqrRunUnit() (worker.c), which takes the
+ * extension's lock first; a unit that fails is retried after a pause that
+ * doubles up to ERROR_DELAY_MAX_MS.
+ *
+ * Each start of the worker is an incarnation, with a random id that its
+ * claims carry as the lease's owner.  The first claim of an incarnation
+ * recovers at once every request a dead one held (they may have been sent:
+ * the SQL checks before sending again where that matters), so a crash
+ * costs seconds, not a lease.
  *
  * The extension may be created, dropped and created again while the worker
- * runs.  Every transaction checks that it exists; outcomes are tagged with
- * the OID of the extension they were claimed under and dropped if it has
- * changed, since request ids start again in a new extension.
+ * runs.  Outcomes are tagged with the OID of the extension they were
+ * claimed under and dropped if it has changed, since request ids start
+ * again in a new extension.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "catalog/pg_type.h"
-#include "commands/extension.h"
-#include "executor/spi.h"
-#include "lib/stringinfo.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
-#include "utils/array.h"
-#include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "guc.h"
 #include "http_client.h"
+#include "outbox_sql.h"
 #include "sender.h"
 #include "shmem.h"
 #include "worker.h"
 
 #ifndef MPQR_VERSION
-#define MPQR_VERSION "0.1.0"
+#define MPQR_VERSION "0.2.0"
 #endif
 
 /* record outcomes at least this often while requests are still running */
-#define RECORD_INTERVAL_MS 50
+#define RECORD_INTERVAL_MS 10
 
 /* attempts to record one set of outcomes before it is given up */
 #define RECORD_MAX_TRIES 3
@@ -72,24 +69,15 @@
 #define ERROR_DELAY_MIN_MS 250
 #define ERROR_DELAY_MAX_MS 10000
 
-#define CLAIM_SQL \
-	"SELECT id, method, path, body, token, idempotency_key, attempt " \
-	"FROM mpqr.claim_requests($1)"
-#define RECORD_SQL "SELECT mpqr.record_responses($1, $2, $3, $4, $5, $6)"
-#define TICK_SQL "SELECT mpqr.tick()"
+/* while the extension is not ready: look again this often */
+#define NOT_READY_RECHECK_MS 5000
 
-/* one row of mpqr.claim_requests(), copied out of SPI */
-typedef struct ClaimedRequest
-{
-	int64		id;
-	char	   *method;
-	char	   *path;
-	char	   *body;
-	char	   *token;
-	char	   *idempotency_key;
-	int32		attempt;		/* handed back, so a late outcome of an
-								 * older attempt is never recorded */
-} ClaimedRequest;
+/*
+ * A commit that woke the sender may have changed what the tick schedules
+ * (an order put, an account added): it runs again within this, but never
+ * more often, however many commits wake the sender.
+ */
+#define TICK_AFTER_WAKE_MS 1000
 
 /* a pause after failures of one kind of unit of work */
 typedef struct Backoff
@@ -104,6 +92,7 @@ typedef struct SenderState
 	WaitEventSet *wait_set;
 	MemoryContext loop_cxt;		/* reset at the bottom of every turn */
 	MemoryContext results_cxt;	/* outcomes not yet recorded */
+	int64		incarnation;	/* this start's id, the owner of its leases */
 
 	MpqrHttpResult *results;	/* in results_cxt */
 	int			nresults;
@@ -111,12 +100,26 @@ typedef struct SenderState
 	TimestampTz first_result_at;	/* when the oldest of them finished */
 	int			record_failures;
 
-	bool		work_possible;	/* latch set, poll due or last claim full */
-	TimestampTz next_poll;
+	bool		ready;			/* the extension was ready at the last unit */
+	bool		work_possible;	/* latch set, or the last claim was full */
+	TimestampTz outbox_due;		/* when the next delayed request is due */
+	TimestampTz tick_due;		/* when mpqr.tick() is due */
+	TimestampTz last_tick_at;	/* when it last ran */
+	TimestampTz poll_due;		/* the safety net, while the outbox is busy */
 	Backoff		work_backoff;	/* claims and records */
 	Backoff		tick_backoff;	/* mpqr.tick(), so that it never starves
 								 * the claims */
 } SenderState;
+
+/* what one claim unit hands back */
+typedef struct ClaimUnit
+{
+	SenderState *st;
+	int			want;
+	int			n;
+	Oid			ext;
+	MpqrClaimedRequest *rows;
+} ClaimUnit;
 
 PGDLLEXPORT void MpqrSenderMain(Datum main_arg);
 
@@ -139,25 +142,6 @@ sender_exit(int code, Datum arg)
 }
 
 /*
- * Note a failed unit of work: keep its message as the last error and abort
- * the transaction.
- *
- * Caller must be in the PG_CATCH block of the unit; cxt is a context that
- * survives the abort.
- */
-static void
-unit_failed(MemoryContext cxt)
-{
-	ErrorData  *edata;
-
-	MemoryContextSwitchTo(cxt);
-	edata = CopyErrorData();
-	MpqrTxCleanupAfterError();
-	MpqrWorkerSetError(&MpqrState->sender, edata->message);
-	FreeErrorData(edata);
-}
-
-/*
  * Pause longer after each consecutive failure, or not at all after a
  * success.
  */
@@ -170,14 +154,10 @@ backoff_update(Backoff *b, bool ok)
 		b->until = 0;
 		return;
 	}
-	b->delay_ms = Min(Max(b->delay_ms * 2, ERROR_DELAY_MIN_MS),
-					  ERROR_DELAY_MAX_MS);
+	b->delay_ms = Min(Max(b->delay_ms * 2, ERROR_DELAY_MIN_MS), ERROR_DELAY_MAX_MS);
 	b->until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), b->delay_ms);
 }
 
-/*
- * Is this kind of unit of work pausing after a failure?
- */
 static bool
 backoff_active(const Backoff *b, TimestampTz now)
 {
@@ -185,16 +165,21 @@ backoff_active(const Backoff *b, TimestampTz now)
 }
 
 /*
- * The OID of the extension, if it exists and has committed.
- *
- * Caller must be inside a transaction.
+ * Note whether the extension was ready in the last unit; when it was not,
+ * look again later even if nothing wakes the sender (a restore that ends,
+ * say).
  */
-static Oid
-extension_oid(void)
+static void
+note_ready(SenderState *st, Oid ext)
 {
-	if (!MpqrExtensionReady())
-		return InvalidOid;
-	return get_extension_oid("mpqr", true);
+	st->ready = OidIsValid(ext);
+	if (!st->ready)
+	{
+		TimestampTz again = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														NOT_READY_RECHECK_MS);
+
+		st->tick_due = Min(st->tick_due, again);
+	}
 }
 
 /*
@@ -210,8 +195,7 @@ new_result(SenderState *st)
 		int			size = Max(st->results_size * 2, 64);
 
 		if (st->results == NULL)
-			st->results = MemoryContextAlloc(st->results_cxt,
-											 size * sizeof(MpqrHttpResult));
+			st->results = MemoryContextAlloc(st->results_cxt, size * sizeof(MpqrHttpResult));
 		else
 			st->results = repalloc(st->results, size * sizeof(MpqrHttpResult));
 		st->results_size = size;
@@ -257,8 +241,7 @@ harvest(SenderState *st)
 		if (r->status == 0)
 		{
 			MpqrCount(MPQR_CTR_REQUESTS_NETWORK_ERROR, 1);
-			snprintf(last_error, sizeof(last_error), "%s: %s",
-					 r->label, r->error);
+			snprintf(last_error, sizeof(last_error), "%s: %s", r->label, r->error);
 		}
 		else if (r->status >= 200 && r->status <= 299)
 			MpqrCount(MPQR_CTR_REQUESTS_2XX, 1);
@@ -268,8 +251,7 @@ harvest(SenderState *st)
 				MpqrCount(MPQR_CTR_REQUESTS_4XX, 1);
 			else if (r->status >= 500)
 				MpqrCount(MPQR_CTR_REQUESTS_5XX, 1);
-			snprintf(last_error, sizeof(last_error), "%s answered %d",
-					 r->label, r->status);
+			snprintf(last_error, sizeof(last_error), "%s answered %d", r->label, r->status);
 		}
 	}
 	MemoryContextSwitchTo(oldcxt);
@@ -279,161 +261,65 @@ harvest(SenderState *st)
 }
 
 /*
- * Replace every byte that is not part of a valid UTF-8 character (NUL
- * included) with U+FFFD.
+ * Give a claimed row an outcome without sending it: skipped (nothing to
+ * send), or a network error (it could not be started; the SQL retries it,
+ * checking first where that matters).
  */
-static char *
-utf8_repair(const char *s, int len, int *newlen)
+static void
+local_outcome(SenderState *st, const MpqrClaimedRequest *c, Oid ext, int status,
+			  const char *why)
 {
-	StringInfoData buf;
+	MemoryContext oldcxt = MemoryContextSwitchTo(st->results_cxt);
+	MpqrHttpResult *r = new_result(st);
 
-	initStringInfo(&buf);
-	while (len > 0)
+	r->id = c->id;
+	r->tag = ext;
+	r->attempt = c->attempt;
+	r->status = status;
+	r->retry_after = -1;
+	r->error = why ? pstrdup(why) : NULL;
+	snprintf(r->label, sizeof(r->label), "request " INT64_FORMAT, c->id);
+	MemoryContextSwitchTo(oldcxt);
+	if (status == MPQR_OUTCOME_NETWORK_ERROR)
 	{
-		const unsigned char *u = (const unsigned char *) s;
-		int			l = pg_utf_mblen(u);
+		char		message[MPQR_ERROR_LEN];
 
-		if (*u != '\0' && l <= len && pg_utf8_islegal(u, l))
-		{
-			appendBinaryStringInfo(&buf, s, l);
-			s += l;
-			len -= l;
-		}
-		else
-		{
-			appendBinaryStringInfo(&buf, "\xEF\xBF\xBD", 3);
-			s++;
-			len--;
-		}
+		snprintf(message, sizeof(message), "%s: %s", r->label, why);
+		MpqrWorkerSetError(&MpqrState->sender, message);
 	}
-	*newlen = buf.len;
-	return buf.data;
 }
 
 /*
- * A response body as text in the database encoding.  Mercado Pago answers
- * in UTF-8; invalid bytes are replaced rather than failing the batch.
+ * The body of a record unit.
  */
-static Datum
-body_to_text(const char *body, int len)
+static void
+record_body(Oid ext, void *arg)
 {
-	const char *s = body;
+	SenderState *st = (SenderState *) arg;
 
-	if (!pg_verify_mbstr(PG_UTF8, s, len, true))
-		s = utf8_repair(body, len, &len);
-	if (GetDatabaseEncoding() != PG_UTF8)
-	{
-		s = pg_any_to_server(s, len, PG_UTF8);
-		len = strlen(s);
-	}
-	return PointerGetDatum(cstring_to_text_with_len(s, len));
+	note_ready(st, ext);
+	if (OidIsValid(ext) &&
+		MpqrRecordResponses(st->results, st->nresults, ext, st->incarnation) > 0)
+		MpqrCount(MPQR_CTR_SENDER_BATCHES, 1);
 }
 
 /*
- * Record the outcomes collected so far with mpqr.record_responses(), in one
- * transaction.
- *
- * Outcomes of requests claimed under another incarnation of the extension
- * are dropped.  If recording fails RECORD_MAX_TRIES times, the outcomes are
- * dropped too, and the leases bring the requests back.
+ * Record the outcomes collected so far, in one transaction.  If that fails
+ * RECORD_MAX_TRIES times, they are dropped, and the leases bring the
+ * requests back.
  */
 static void
 record_results(SenderState *st)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool ok = false;
-	volatile int nrecorded = 0;
-
-	PG_TRY();
-	{
-		Oid			ext;
-
-		MpqrTxBegin(RECORD_SQL);
-		ext = extension_oid();
-		if (OidIsValid(ext))
-		{
-			int			n = st->nresults;
-			Datum	   *ids = palloc(n * sizeof(Datum));
-			Datum	   *statuses = palloc(n * sizeof(Datum));
-			Datum	   *bodies = palloc(n * sizeof(Datum));
-			bool	   *bodies_null = palloc(n * sizeof(bool));
-			Datum	   *errors = palloc(n * sizeof(Datum));
-			bool	   *errors_null = palloc(n * sizeof(bool));
-			Datum	   *retry = palloc(n * sizeof(Datum));
-			bool	   *retry_null = palloc(n * sizeof(bool));
-			Datum	   *attempts = palloc(n * sizeof(Datum));
-			int			k = 0;
-
-			for (int i = 0; i < n; i++)
-			{
-				MpqrHttpResult *r = &st->results[i];
-
-				if (r->tag != ext)
-					continue;
-				ids[k] = Int64GetDatum(r->id);
-				statuses[k] = Int32GetDatum(r->status);
-				bodies_null[k] = (r->body == NULL);
-				bodies[k] = r->body ? body_to_text(r->body, r->body_len) : (Datum) 0;
-				errors_null[k] = (r->error == NULL);
-				errors[k] = r->error ? CStringGetTextDatum(r->error) : (Datum) 0;
-				retry_null[k] = (r->retry_after < 0);
-				retry[k] = Int32GetDatum(Max(r->retry_after, 0));
-				attempts[k] = Int32GetDatum(r->attempt);
-				k++;
-			}
-
-			if (k > 0)
-			{
-				int			dims[1] = {k};
-				int			lbs[1] = {1};
-				Oid			argtypes[6] = {INT8ARRAYOID, INT4ARRAYOID,
-					TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
-				Datum		args[6];
-				int			ret;
-
-				args[0] = PointerGetDatum(construct_array(ids, k, INT8OID,
-														  sizeof(int64), FLOAT8PASSBYVAL,
-														  TYPALIGN_DOUBLE));
-				args[1] = PointerGetDatum(construct_array(statuses, k, INT4OID,
-														  sizeof(int32), true,
-														  TYPALIGN_INT));
-				args[2] = PointerGetDatum(construct_md_array(bodies, bodies_null,
-															 1, dims, lbs, TEXTOID,
-															 -1, false, TYPALIGN_INT));
-				args[3] = PointerGetDatum(construct_md_array(errors, errors_null,
-															 1, dims, lbs, TEXTOID,
-															 -1, false, TYPALIGN_INT));
-				args[4] = PointerGetDatum(construct_md_array(retry, retry_null,
-															 1, dims, lbs, INT4OID,
-															 sizeof(int32), true,
-															 TYPALIGN_INT));
-				args[5] = PointerGetDatum(construct_array(attempts, k, INT4OID,
-														  sizeof(int32), true,
-														  TYPALIGN_INT));
-
-				ret = SPI_execute_with_args(RECORD_SQL, 6, argtypes, args, NULL,
-											false, 0);
-				if (ret != SPI_OK_SELECT)
-					elog(ERROR, "SPI_execute_with_args failed: error code %d", ret);
-			}
-			nrecorded = k;
-		}
-		MpqrTxCommit();
-		ok = true;
-	}
-	PG_CATCH();
-	{
-		unit_failed(cxt);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
+	bool		ok = MpqrRunUnit(&MpqrState->sender, "mpqr sender: recording outcomes",
+								 record_body, st, NULL) == 0;
 
 	backoff_update(&st->work_backoff, ok);
 	if (ok)
 	{
-		if (nrecorded > 0)
-			MpqrCount(MPQR_CTR_SENDER_BATCHES, 1);
 		discard_results(st);
+		/* answers free serial successors and queue follow-ups */
+		st->work_possible = true;
 	}
 	else if (++st->record_failures >= RECORD_MAX_TRIES)
 	{
@@ -446,166 +332,59 @@ record_results(SenderState *st)
 }
 
 /*
- * Run mpqr.tick() in its own transaction.  Returns false only when it found
- * that the extension does not exist.
- */
-static bool
-run_tick(SenderState *st)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool ready = true;
-	volatile bool ok = false;
-
-	PG_TRY();
-	{
-		MpqrTxBegin(TICK_SQL);
-		if (!MpqrExtensionReady())
-			ready = false;
-		else
-		{
-			int			ret = SPI_execute(TICK_SQL, false, 0);
-
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "SPI_execute failed: error code %d", ret);
-		}
-		MpqrTxCommit();
-		ok = true;
-	}
-	PG_CATCH();
-	{
-		unit_failed(cxt);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-
-	backoff_update(&st->tick_backoff, ok);
-	return ready;
-}
-
-/*
- * Copy a text column of the current SPI row, or NULL.
- */
-static char *
-spi_text(HeapTuple tuple, TupleDesc desc, int col, MemoryContext cxt)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tuple, desc, col, &isnull);
-	MemoryContext oldcxt;
-	char	   *s;
-
-	if (isnull)
-		return NULL;
-	oldcxt = MemoryContextSwitchTo(cxt);
-	s = TextDatumGetCString(d);
-	MemoryContextSwitchTo(oldcxt);
-	return s;
-}
-
-/*
- * Claim up to max_rows requests with mpqr.claim_requests(), in one short
- * transaction.  The rows are copied into the current memory context.
- * Returns the number claimed, or -1 after an error; *ext is set to the
- * OID of the extension they were claimed under (InvalidOid if none).
- */
-static int
-claim(SenderState *st, int max_rows, ClaimedRequest **rows, Oid *ext)
-{
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile int nrows = -1;
-	ClaimedRequest *volatile out = NULL;
-	volatile Oid claimed_ext = InvalidOid;
-
-	PG_TRY();
-	{
-		Oid			ext_now;
-
-		MpqrTxBegin(CLAIM_SQL);
-		ext_now = extension_oid();
-		if (!OidIsValid(ext_now))
-			nrows = 0;
-		else
-		{
-			Oid			argtypes[1] = {INT4OID};
-			Datum		args[1] = {Int32GetDatum(max_rows)};
-			TupleDesc	desc;
-			int			ret;
-
-			ret = SPI_execute_with_args(CLAIM_SQL, 1, argtypes, args, NULL,
-										false, 0);
-			if (ret != SPI_OK_SELECT)
-				elog(ERROR, "SPI_execute_with_args failed: error code %d", ret);
-
-			desc = SPI_tuptable->tupdesc;
-			if (desc->natts != 7 ||
-				SPI_gettypeid(desc, 1) != INT8OID ||
-				SPI_gettypeid(desc, 2) != TEXTOID ||
-				SPI_gettypeid(desc, 3) != TEXTOID ||
-				SPI_gettypeid(desc, 4) != TEXTOID ||
-				SPI_gettypeid(desc, 5) != TEXTOID ||
-				SPI_gettypeid(desc, 6) != TEXTOID ||
-				SPI_gettypeid(desc, 7) != INT4OID)
-				ereport(ERROR,
-						(errcode(ERRCODE_DATATYPE_MISMATCH),
-						 errmsg("function mpqr.claim_requests returned an unexpected row type")));
-
-			out = MemoryContextAllocZero(cxt, Max(SPI_processed, 1) *
-										 sizeof(ClaimedRequest));
-			for (uint64 i = 0; i < SPI_processed; i++)
-			{
-				HeapTuple	tuple = SPI_tuptable->vals[i];
-				ClaimedRequest *c = &out[i];
-				bool		isnull;
-
-				c->id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-				c->method = spi_text(tuple, desc, 2, cxt);
-				c->path = spi_text(tuple, desc, 3, cxt);
-				c->body = spi_text(tuple, desc, 4, cxt);
-				c->token = spi_text(tuple, desc, 5, cxt);
-				c->idempotency_key = spi_text(tuple, desc, 6, cxt);
-				c->attempt = DatumGetInt32(SPI_getbinval(tuple, desc, 7, &isnull));
-			}
-			nrows = (int) SPI_processed;
-			claimed_ext = ext_now;
-		}
-		MpqrTxCommit();
-	}
-	PG_CATCH();
-	{
-		unit_failed(cxt);
-		nrows = -1;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-
-	backoff_update(&st->work_backoff, nrows >= 0);
-	*rows = out;
-	*ext = claimed_ext;
-	return nrows;
-}
-
-/*
- * Give a claimed row that cannot be sent an outcome of its own, a network
- * error, so that the SQL retries or fails it.
+ * The body of a tick unit.
  */
 static void
-reject_request(SenderState *st, const ClaimedRequest *c, Oid ext,
-			   const char *why)
+tick_body(Oid ext, void *arg)
 {
-	MemoryContext oldcxt = MemoryContextSwitchTo(st->results_cxt);
-	MpqrHttpResult *r = new_result(st);
-	char		message[MPQR_ERROR_LEN];
+	SenderState *st = (SenderState *) arg;
 
-	r->id = c->id;
-	r->tag = ext;
-	r->attempt = c->attempt;
-	r->status = 0;
-	r->retry_after = -1;
-	r->error = pstrdup(why);
-	snprintf(r->label, sizeof(r->label), "request " INT64_FORMAT, c->id);
-	MemoryContextSwitchTo(oldcxt);
+	note_ready(st, ext);
+	if (OidIsValid(ext))
+	{
+		TimestampTz next = MpqrTick();
+		TimestampTz soon = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 10);
 
-	snprintf(message, sizeof(message), "%s: %s", r->label, why);
-	MpqrWorkerSetError(&MpqrState->sender, message);
+		st->tick_due = (next == DT_NOEND) ? DT_NOEND : Max(next, soon);
+	}
+	else if (st->tick_due == DT_NOEND)
+		st->tick_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), NOT_READY_RECHECK_MS);
+}
+
+/*
+ * Run mpqr.tick() in its own transaction.
+ */
+static void
+run_tick(SenderState *st)
+{
+	TimestampTz prev_due = st->tick_due;
+	bool		ok;
+
+	st->tick_due = DT_NOEND;
+	st->last_tick_at = GetCurrentTimestamp();
+	ok = MpqrRunUnit(&MpqrState->sender, "mpqr sender: periodic duties", tick_body, st,
+					 NULL) == 0;
+	backoff_update(&st->tick_backoff, ok);
+	if (!ok)
+		st->tick_due = Max(prev_due, st->tick_backoff.until);
+}
+
+/*
+ * The body of a claim unit.
+ */
+static void
+claim_body(Oid ext, void *arg)
+{
+	ClaimUnit  *u = (ClaimUnit *) arg;
+
+	note_ready(u->st, ext);
+	u->ext = ext;
+	u->n = 0;
+	if (!OidIsValid(ext))
+		return;
+	u->n = MpqrClaimRequests(u->want, u->st->incarnation, &u->rows);
+	if (u->n < u->want)
+		u->st->outbox_due = MpqrOutboxNextDue();
 }
 
 /*
@@ -618,40 +397,50 @@ bad_header_value(const char *value)
 }
 
 /*
- * Start the HTTP request of one claimed row.
+ * Start the HTTP request of one claimed row, or give it an outcome of its
+ * own when it cannot be sent.
  */
 static void
-start_request(SenderState *st, const ClaimedRequest *c, Oid ext)
+start_request(SenderState *st, const MpqrClaimedRequest *c, Oid ext)
 {
-	const char *headers[6];
+	const char *headers[16];
 	int			nheaders = 0;
 	const char *base = mpqr_api_base_url ? mpqr_api_base_url : "";
 	int			baselen = strlen(base);
 	MpqrHttpRequest req;
 	const char *query;
-	char	   *label;
+	char		error[MPQR_ERROR_LEN];
 
-	if (c->method == NULL || c->path == NULL || c->path[0] != '/')
+	if (c->method == NULL)
 	{
-		reject_request(st, c, ext,
-					   "the request has no method or no path starting with \"/\"");
+		local_outcome(st, c, ext, MPQR_OUTCOME_SKIPPED, NULL);
 		return;
 	}
-	if (bad_header_value(c->token) || bad_header_value(c->idempotency_key))
+	if (c->path == NULL || c->path[0] != '/')
 	{
-		reject_request(st, c, ext,
-					   "the access token or the idempotency key holds a line break");
+		local_outcome(st, c, ext, MPQR_OUTCOME_NETWORK_ERROR,
+					  "the request has no path starting with \"/\"");
 		return;
+	}
+	if (bad_header_value(c->token) || bad_header_value(c->idempotency_key) ||
+		c->nheaders > 8)
+	{
+		local_outcome(st, c, ext, MPQR_OUTCOME_NETWORK_ERROR,
+					  "the request's headers hold a line break, or are too many");
+		return;
+	}
+	for (int i = 0; i < c->nheaders; i++)
+	{
+		if (bad_header_value(c->headers[i]))
+		{
+			local_outcome(st, c, ext, MPQR_OUTCOME_NETWORK_ERROR,
+						  "the request's headers hold a line break");
+			return;
+		}
 	}
 
 	if (baselen > 0 && base[baselen - 1] == '/')
 		baselen--;
-
-	/* the label names the request in errors; the query string is left out */
-	query = strchr(c->path, '?');
-	label = psprintf("%s %.*s", c->method,
-					 query ? (int) (query - c->path) : (int) strlen(c->path),
-					 c->path);
 
 	if (c->token != NULL)
 		headers[nheaders++] = psprintf("Authorization: Bearer %s", c->token);
@@ -660,6 +449,8 @@ start_request(SenderState *st, const ClaimedRequest *c, Oid ext)
 		headers[nheaders++] = "Content-Type: application/json";
 	if (c->idempotency_key != NULL)
 		headers[nheaders++] = psprintf("X-Idempotency-Key: %s", c->idempotency_key);
+	for (int i = 0; i < c->nheaders; i++)
+		headers[nheaders++] = c->headers[i];
 	headers[nheaders] = NULL;
 
 	memset(&req, 0, sizeof(req));
@@ -671,9 +462,13 @@ start_request(SenderState *st, const ClaimedRequest *c, Oid ext)
 	req.body = c->body;
 	req.headers = headers;
 	req.user_agent = "mpqr/" MPQR_VERSION;
-	req.label = label;
+	/* the label names the request in errors; the query string is left out */
+	query = strchr(c->path, '?');
+	req.label = psprintf("%s %.*s", c->method,
+						 query ? (int) (query - c->path) : (int) strlen(c->path), c->path);
 
-	MpqrHttpStart(st->client, &req);
+	if (!MpqrHttpStart(st->client, &req, error, sizeof(error)))
+		local_outcome(st, c, ext, MPQR_OUTCOME_NETWORK_ERROR, error);
 }
 
 /*
@@ -682,21 +477,27 @@ start_request(SenderState *st, const ClaimedRequest *c, Oid ext)
 static void
 claim_and_start(SenderState *st)
 {
-	int			room = mpqr_max_in_flight - MpqrHttpInFlight(st->client);
-	int			want = Min(room, mpqr_batch_size);
-	ClaimedRequest *rows;
-	Oid			ext;
-	int			n;
+	ClaimUnit	u;
+	bool		ok;
 
-	n = claim(st, want, &rows, &ext);
-	if (n < 0)
+	memset(&u, 0, sizeof(u));
+	u.st = st;
+	u.want = Min(mpqr_max_in_flight - MpqrHttpInFlight(st->client), mpqr_batch_size);
+	st->outbox_due = DT_NOEND;
+	ok = MpqrRunUnit(&MpqrState->sender, "mpqr sender: claiming requests", claim_body, &u,
+					 NULL) == 0;
+	backoff_update(&st->work_backoff, ok);
+	if (!ok)
 		return;					/* try again after the pause */
 
 	/* a full batch means there is probably more */
-	st->work_possible = (n == want);
-
-	for (int i = 0; i < n; i++)
-		start_request(st, &rows[i], ext);
+	st->work_possible = (u.n == u.want);
+	for (int i = 0; i < u.n; i++)
+		start_request(st, &u.rows[i], u.ext);
+	if (u.n > 0 || MpqrHttpInFlight(st->client) > 0)
+		st->poll_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), mpqr_poll_interval_ms);
+	else
+		st->poll_due = DT_NOEND;
 }
 
 /*
@@ -712,41 +513,74 @@ claim_due(SenderState *st, TimestampTz now)
 	int			room = mpqr_max_in_flight - in_flight;
 	int			min_room = Max(1, Min(mpqr_max_in_flight / 4, mpqr_batch_size));
 
-	if (!st->work_possible || backoff_active(&st->work_backoff, now))
+	if (backoff_active(&st->work_backoff, now) || !st->ready)
+		return false;
+	if (!st->work_possible && now < st->outbox_due && now < st->poll_due)
 		return false;
 	return room > 0 && (in_flight == 0 || room >= min_room);
 }
 
 /*
- * Milliseconds to wait for events before the next turn of the loop.
+ * Should the outcomes collected so far be recorded now?
+ */
+static bool
+record_due(SenderState *st, TimestampTz now)
+{
+	if (st->nresults == 0 || backoff_active(&st->work_backoff, now))
+		return false;
+	return MpqrHttpInFlight(st->client) == 0 ||
+		TimestampDifferenceExceeds(st->first_result_at, now, RECORD_INTERVAL_MS);
+}
+
+/*
+ * Milliseconds until a time, at least 0; -1 for DT_NOEND.
+ */
+static long
+ms_until(TimestampTz now, TimestampTz when)
+{
+	if (when == DT_NOEND)
+		return -1;
+	return TimestampDifferenceMilliseconds(now, when);
+}
+
+/*
+ * The shorter of two timeouts, where -1 means none.
+ */
+static long
+min_timeout(long a, long b)
+{
+	if (a < 0)
+		return b;
+	if (b < 0)
+		return a;
+	return Min(a, b);
+}
+
+/*
+ * Milliseconds to wait for events before the next turn of the loop; -1
+ * when nothing is due at all.
  */
 static long
 wait_timeout(SenderState *st)
 {
 	TimestampTz now = GetCurrentTimestamp();
-	long		timeout = TimestampDifferenceMilliseconds(now, st->next_poll);
-	long		curl_timeout = MpqrHttpTimeout(st->client);
+	long		timeout = MpqrHttpTimeout(st->client);
 
-	if (curl_timeout >= 0)
-		timeout = Min(timeout, curl_timeout);
-
-	if (backoff_active(&st->work_backoff, now))
-		timeout = Min(timeout,
-					  TimestampDifferenceMilliseconds(now, st->work_backoff.until));
-	else
+	if (record_due(st, now) || claim_due(st, now))
+		return 0;
+	if (st->nresults > 0)
+		timeout = min_timeout(timeout,
+							  backoff_active(&st->work_backoff, now)
+							  ? ms_until(now, st->work_backoff.until)
+							  : ms_until(now, TimestampTzPlusMilliseconds(st->first_result_at,
+																		  RECORD_INTERVAL_MS)));
+	timeout = min_timeout(timeout, ms_until(now, Max(st->tick_due, st->tick_backoff.until)));
+	if (st->ready)
 	{
-		if (st->nresults > 0)
-		{
-			TimestampTz due = TimestampTzPlusMilliseconds(st->first_result_at,
-														  RECORD_INTERVAL_MS);
+		TimestampTz due = Min(st->outbox_due, st->poll_due);
 
-			if (MpqrHttpInFlight(st->client) == 0)
-				timeout = 0;
-			else
-				timeout = Min(timeout, TimestampDifferenceMilliseconds(now, due));
-		}
-		if (claim_due(st, now))
-			timeout = 0;
+		if (due != DT_NOEND)
+			timeout = min_timeout(timeout, ms_until(now, Max(due, st->work_backoff.until)));
 	}
 	return timeout;
 }
@@ -762,6 +596,8 @@ MpqrSenderMain(Datum main_arg)
 	MpqrWorkerStart(&MpqrState->sender);
 
 	memset(&st, 0, sizeof(st));
+	if (!pg_strong_random(&st.incarnation, sizeof(st.incarnation)))
+		st.incarnation = ((int64) MyProcPid << 32) ^ (int64) GetCurrentTimestamp();
 	st.loop_cxt = AllocSetContextCreate(TopMemoryContext,
 										"mpqr sender loop context",
 										ALLOCSET_DEFAULT_SIZES);
@@ -774,12 +610,14 @@ MpqrSenderMain(Datum main_arg)
 	st.wait_set = CreateWaitEventSet(TopMemoryContext, 3);
 	AddWaitEventToSet(st.wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(st.wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
-	AddWaitEventToSet(st.wait_set, WL_SOCKET_READABLE,
-					  MpqrHttpSocket(st.client), NULL, NULL);
+	AddWaitEventToSet(st.wait_set, WL_SOCKET_READABLE, MpqrHttpSocket(st.client), NULL, NULL);
 
 	/* look for work, and tick, right away */
+	st.ready = true;
 	st.work_possible = true;
-	st.next_poll = GetCurrentTimestamp();
+	st.outbox_due = DT_NOEND;
+	st.poll_due = DT_NOEND;
+	st.tick_due = GetCurrentTimestamp();
 
 	for (;;)
 	{
@@ -794,7 +632,14 @@ MpqrSenderMain(Datum main_arg)
 			if (events[i].events & WL_LATCH_SET)
 			{
 				ResetLatch(MyLatch);
+				/* a commit queued work, or the extension appeared */
 				st.work_possible = true;
+				if (!st.ready)
+					st.tick_due = GetCurrentTimestamp();
+				else
+					st.tick_due = Min(st.tick_due,
+									  TimestampTzPlusMilliseconds(st.last_tick_at,
+																  TICK_AFTER_WAKE_MS));
 			}
 		}
 
@@ -802,14 +647,10 @@ MpqrSenderMain(Datum main_arg)
 
 		if (ConfigReloadPending)
 		{
-			TimestampTz next;
-
 			MpqrReloadConfigIfPending();
 			MpqrHttpConfigure(st.client);
-			/* a shorter poll interval applies at once */
-			next = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											   mpqr_poll_interval_ms);
-			st.next_poll = Min(st.next_poll, next);
+			/* settings the tick reads may have changed */
+			st.tick_due = GetCurrentTimestamp();
 		}
 
 		MemoryContextSwitchTo(st.loop_cxt);
@@ -818,21 +659,12 @@ MpqrSenderMain(Datum main_arg)
 		harvest(&st);
 
 		now = GetCurrentTimestamp();
-		if (st.nresults > 0 && !backoff_active(&st.work_backoff, now) &&
-			(MpqrHttpInFlight(st.client) == 0 ||
-			 TimestampDifferenceExceeds(st.first_result_at, now,
-										RECORD_INTERVAL_MS)))
+		if (record_due(&st, now))
 			record_results(&st);
 
 		now = GetCurrentTimestamp();
-		if (now >= st.next_poll)
-		{
-			st.next_poll = TimestampTzPlusMilliseconds(now, mpqr_poll_interval_ms);
-			st.work_possible = true;
-			/* the tick also tells whether the extension is there at all */
-			if (!backoff_active(&st.tick_backoff, now) && !run_tick(&st))
-				st.work_possible = false;
-		}
+		if (now >= st.tick_due && !backoff_active(&st.tick_backoff, now))
+			run_tick(&st);
 
 		now = GetCurrentTimestamp();
 		if (claim_due(&st, now))

@@ -15,6 +15,7 @@
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/timestamp.h"
 
@@ -32,6 +33,8 @@ static const char *const counter_names[MPQR_NUM_COUNTERS] = {
 	[MPQR_CTR_REQUESTS_5XX] = "requests_5xx",
 	[MPQR_CTR_REQUESTS_NETWORK_ERROR] = "requests_network_errors",
 	[MPQR_CTR_SENDER_BATCHES] = "sender_batches",
+	[MPQR_CTR_REQUESTS_RECOVERED] = "requests_recovered",
+	[MPQR_CTR_FETCHES_REFUSED] = "fetches_refused",
 	[MPQR_CTR_HTTP_REQUESTS] = "listener_requests",
 	[MPQR_CTR_NOTIFICATIONS_STORED] = "notifications_stored",
 	[MPQR_CTR_SIGNATURE_REJECTED] = "signatures_rejected",
@@ -65,6 +68,8 @@ mpqr_shmem_startup(void)
 		pg_atomic_init_u32(&MpqrState->warned, 0);
 		for (int i = 0; i < MPQR_NUM_COUNTERS; i++)
 			pg_atomic_init_u64(&MpqrState->counters[i], 0);
+		for (int i = 0; i < MPQR_NUM_BUCKETS; i++)
+			MpqrState->buckets[i].credit_cap = -1;
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -96,6 +101,52 @@ const char *
 MpqrCounterName(MpqrCounter counter)
 {
 	return counter_names[counter];
+}
+
+/*
+ * The counter of a name, or -1.
+ */
+int
+MpqrCounterByName(const char *name)
+{
+	for (int i = 0; i < MPQR_NUM_COUNTERS; i++)
+	{
+		if (strcmp(counter_names[i], name) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * Is a restore loading this database right now?  True while the session
+ * whose CREATE EXTENSION ran as part of a restore (see mpqr_note_install)
+ * is still there; once it has gone, the note is forgotten.
+ *
+ * Note: the session is known by its pid alone; a pid reused by another
+ * backend of the same database before the worker looks would only make the
+ * workers wait for that backend too.
+ */
+bool
+MpqrRestoreInProgress(void)
+{
+	MpqrInstallNote note;
+
+	if (MpqrState == NULL)
+		return false;
+	SpinLockAcquire(&MpqrState->mutex);
+	note = MpqrState->install;
+	SpinLockRelease(&MpqrState->mutex);
+
+	if (!note.restoring || note.database != MyDatabaseId)
+		return false;
+	if (BackendPidGetProc(note.pid) != NULL)
+		return true;
+
+	SpinLockAcquire(&MpqrState->mutex);
+	if (MpqrState->install.pid == note.pid)
+		MpqrState->install.restoring = false;
+	SpinLockRelease(&MpqrState->mutex);
+	return false;
 }
 
 /*

@@ -2,7 +2,8 @@
  *
  * shmem.h
  *		Shared state of mpqr: worker pids and latches, counters and last
- *		errors shown by mpqr_status().
+ *		errors shown by mpqr_status(), rate limits, and the note that a
+ *		restore is loading the database.
  *
  * Nothing here is durable: after a crash restart the postmaster
  * re-initialises shared memory and the workers rebuild what they need
@@ -27,6 +28,8 @@ typedef enum MpqrCounter
 	MPQR_CTR_REQUESTS_5XX,
 	MPQR_CTR_REQUESTS_NETWORK_ERROR,	/* timeouts, refused, TLS, drops */
 	MPQR_CTR_SENDER_BATCHES,	/* record transactions */
+	MPQR_CTR_REQUESTS_RECOVERED,	/* held by a dead sender, or lease expired */
+	MPQR_CTR_FETCHES_REFUSED,	/* 401/403 to a fetch: not yours, or no such id */
 	/* listener */
 	MPQR_CTR_HTTP_REQUESTS,		/* every request the listener answered */
 	MPQR_CTR_NOTIFICATIONS_STORED,
@@ -46,6 +49,8 @@ typedef struct MpqrWorkerSlot
 	TimestampTz started_at;
 	TimestampTz last_error_at;
 	char		last_error[MPQR_ERROR_LEN];
+	bool		connecting;		/* connecting to mpqr.database */
+	bool		database_missing;	/* the last connection failed */
 } MpqrWorkerSlot;
 
 /* token buckets of mpqr.take_token(), by name */
@@ -58,9 +63,23 @@ typedef enum MpqrBucket
 
 typedef struct MpqrTokenBucket
 {
-	double		tokens;
+	double		tokens;			/* refilled at the caller's rate */
+	double		credits;		/* added by mpqr.add_tokens(), spent last */
+	double		credit_cap;		/* most credits kept; < 0 for no cap */
 	TimestampTz updated_at;
 } MpqrTokenBucket;
+
+/*
+ * The last CREATE EXTENSION: by whom, and whether it ran as part of a
+ * restore.  While the restoring session lives, the workers leave that
+ * database alone.
+ */
+typedef struct MpqrInstallNote
+{
+	Oid			database;
+	pid_t		pid;
+	bool		restoring;
+} MpqrInstallNote;
 
 typedef struct MpqrShared
 {
@@ -69,6 +88,7 @@ typedef struct MpqrShared
 	MpqrWorkerSlot listener;
 	int			listen_port;	/* port actually bound, 0 until bound */
 	MpqrTokenBucket buckets[MPQR_NUM_BUCKETS];
+	MpqrInstallNote install;
 	pg_atomic_uint32 warned;	/* bits of mpqr.warn_once() */
 	pg_atomic_uint64 counters[MPQR_NUM_COUNTERS];
 } MpqrShared;
@@ -81,5 +101,7 @@ extern void MpqrWorkerAttach(MpqrWorkerSlot *slot);
 extern void MpqrWorkerSetError(MpqrWorkerSlot *slot, const char *message);
 extern void MpqrWakeSender(void);
 extern const char *MpqrCounterName(MpqrCounter counter);
+extern int	MpqrCounterByName(const char *name);
+extern bool MpqrRestoreInProgress(void);
 
 #endif							/* MPQR_SHMEM_H */

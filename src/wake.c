@@ -17,6 +17,7 @@
 #include "fmgr.h"
 
 #include "shmem.h"
+#include "wake.h"
 
 PG_FUNCTION_INFO_V1(mpqr_wake_sender_at_commit);
 
@@ -44,10 +45,10 @@ wake_xact_callback(XactEvent event, void *arg)
 }
 
 /*
- * mpqr.wake_sender_at_commit() returns void
+ * Arm the wake-up of the sender at the commit of the current transaction.
  */
-Datum
-mpqr_wake_sender_at_commit(PG_FUNCTION_ARGS)
+void
+MpqrWakeSenderAtCommit(void)
 {
 	if (!callback_registered)
 	{
@@ -55,5 +56,14 @@ mpqr_wake_sender_at_commit(PG_FUNCTION_ARGS)
 		callback_registered = true;
 	}
 	wake_armed = true;
+}
+
+/*
+ * mpqr.wake_sender_at_commit() returns void
+ */
+Datum
+mpqr_wake_sender_at_commit(PG_FUNCTION_ARGS)
+{
+	MpqrWakeSenderAtCommit();
 	PG_RETURN_VOID();
 }

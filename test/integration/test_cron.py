@@ -30,7 +30,7 @@ def test_scheduled_reconcile_finds_a_lost_payment(db, sim):
     st = sim.store(user_id=COLLECTOR, name="Centro", external_id="SUC001", location=LOCATION)
     sim.pos(user_id=COLLECTOR, name="Caja", fixed_amount=True, store_id=st["id"],
             external_store_id="SUC001", external_id="SUC001POS001")
-    db.execute("SELECT mpqr_add_account('main', %s, %s)", (COLLECTOR, TOKEN))
+    db.execute("SELECT mpqr_add_account('main', %s, %s, api => 'instore')", (COLLECTOR, TOKEN))
     db.execute("SELECT mpqr_add_pos('SUC001POS001', 'SUC001', 'Caja 1', register => false)")
     db.execute("SELECT mpqr_put_order('SUC001POS001', 'CRON-1', 20)")
     wait_for(lambda: db.scalar("SELECT status FROM mpqr.orders") == "published", 30, what="published")

@@ -12,6 +12,9 @@ RETURNS TABLE (name text, value text)
 LANGUAGE sql VOLATILE PARALLEL SAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+    SELECT 'database_served',
+           (pg_catalog.current_database() = pg_catalog.current_setting('mpqr.database'))::text
+    UNION ALL
     SELECT w.name, w.value FROM mpqr.worker_status() w
     UNION ALL
     SELECT 'requests_' || s, count(q.id)::text
@@ -31,10 +34,17 @@ AS $$
     UNION ALL
     SELECT 'orders_stuck', count(*)::text FROM mpqr.orders o WHERE o.status = 'queued' AND o.error IS NOT NULL
     UNION ALL
+    SELECT 'refunds_in_process', count(*)::text FROM mpqr.refunds f WHERE f.status IN ('processing', 'in_process')
+    UNION ALL
     SELECT 'account_paused:' || a.name, coalesce(a.pause_reason, 'paused') || ' since ' || a.paused_at
       FROM mpqr.accounts a WHERE a.paused_at IS NOT NULL
     UNION ALL
     SELECT 'accounts_paused', count(*)::text FROM mpqr.accounts a WHERE a.paused_at IS NOT NULL
+    UNION ALL
+    SELECT 'accounts_restored_copy', count(*)::text FROM mpqr.accounts a WHERE NOT mpqr.account_is_here(a)
+    UNION ALL
+    SELECT 'catchup_covered_until:' || c.account, coalesce(c.covered_until::text, 'never')
+      FROM mpqr.catchups c
     UNION ALL
     SELECT 'notifications', count(*)::text FROM mpqr.notifications
     UNION ALL

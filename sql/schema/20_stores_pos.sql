@@ -38,21 +38,3 @@ CREATE TABLE mpqr.pos (
 );
 COMMENT ON TABLE mpqr.pos IS 'Points of sale: the POS external id is the pos_id of mpqr_put_order()';
 COMMENT ON COLUMN mpqr.pos.qr IS 'The qr object Mercado Pago returned (image, template_document, template_image)';
-
--- Check the fields Mercado Pago validates on a POS.
-CREATE FUNCTION mpqr.check_pos(external_pos_id text, name text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-AS $$
-BEGIN
-    IF external_pos_id !~ '^[A-Za-z0-9]{1,39}$' THEN
-        RAISE EXCEPTION 'invalid POS external id "%"', external_pos_id
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Mercado Pago takes 1 to 39 letters or digits, without spaces, "-" or "_".';
-    END IF;
-    IF name = '' OR length(name) >= 45 THEN
-        RAISE EXCEPTION 'invalid POS name "%"', name
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Mercado Pago takes a non-empty name of fewer than 45 characters.';
-    END IF;
-END
-$$;

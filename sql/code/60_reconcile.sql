@@ -2,69 +2,24 @@
 -- applied through the state machine.
 --
 -- Notifications are only triggers.  Orders change state only here, from a
--- merchant order, payment or order fetched from the API with the account's
--- own token.  Money that Mercado Pago confirmed always wins; stale snapshots
--- never move anything backwards.
-
-CREATE TABLE mpqr.merchant_orders (
-    id                  bigint PRIMARY KEY,
-    account             text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
-    order_id            bigint REFERENCES mpqr.orders (id) ON DELETE SET NULL,
-    external_reference  text,
-    status              text,
-    order_status        text,
-    total_amount        numeric,
-    paid_amount         numeric,
-    refunded_amount     numeric,
-    last_updated        timestamptz,
-    body                jsonb NOT NULL,
-    fetched_at          timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX merchant_orders_reference ON mpqr.merchant_orders (account, external_reference);
-CREATE INDEX merchant_orders_order ON mpqr.merchant_orders (order_id);
-COMMENT ON TABLE mpqr.merchant_orders IS 'Every merchant order fetched from Mercado Pago (instore): one per scan';
-
-CREATE TABLE mpqr.payments (
-    id                  text PRIMARY KEY,
-    account             text NOT NULL REFERENCES mpqr.accounts (name) ON UPDATE CASCADE,
-    order_id            bigint REFERENCES mpqr.orders (id) ON DELETE SET NULL,
-    external_reference  text,
-    merchant_order_id   bigint,
-    mp_order_id         text,
-    reference_id        text,
-    status              text NOT NULL,
-    status_detail       text,
-    amount              numeric,
-    amount_refunded     numeric NOT NULL DEFAULT 0,
-    currency            text,
-    operation_type      text,
-    approved_at         timestamptz,
-    last_modified       timestamptz,
-    body                jsonb,
-    updated_at          timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX payments_order ON mpqr.payments (order_id);
-CREATE INDEX payments_reference ON mpqr.payments (external_reference);
-COMMENT ON TABLE mpqr.payments IS 'Payments as Mercado Pago reports them; status is MP''s word, verbatim';
-COMMENT ON COLUMN mpqr.payments.external_reference IS 'The reference of the order it paid';
-
-CREATE TABLE mpqr.anomalies (
-    id          bigserial PRIMARY KEY,
-    order_id    bigint REFERENCES mpqr.orders (id) ON DELETE CASCADE,
-    kind        text NOT NULL,
-    detail      jsonb,
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    resolved_at timestamptz,
-    resolution  text,
-    CONSTRAINT anomalies_kind_check CHECK (kind IN ('late_payment', 'double_payment', 'amount_mismatch',
-                                                    'shortfall', 'chargeback', 'mediation'))
-);
-CREATE UNIQUE INDEX anomalies_once ON mpqr.anomalies (order_id, kind, (detail ->> 'key'));
-COMMENT ON TABLE mpqr.anomalies IS 'Money events that need a person: see the view mpqr.anomalies_open';
+-- merchant order, payment, order or chargeback fetched from the API with
+-- the account's own token.  Money that Mercado Pago confirmed always wins;
+-- stale snapshots never move anything backwards, and a date that cannot be
+-- read never weakens that guard.
+--
+-- When is an order paid?
+--   instore     when approved money of this account's collector, for its
+--               reference and currency, covers its total (a payment decides
+--               on its own: merchant orders are created late and their
+--               payments[] can lag, API reference 12.5), or when a merchant
+--               order of it is closed with its total (a coupon or an MP
+--               discount may then leave a shortfall, flagged).  Payments of
+--               a merchant order with another total never count.
+--   Orders API  when the order is processed.
 
 CREATE VIEW mpqr.anomalies_open AS
-SELECT an.id, an.kind, o.external_reference, o.account, o.pos_id, o.status, o.total_amount,
-       o.paid_amount, o.refunded_amount, an.detail, an.created_at,
+SELECT an.id, an.kind, o.external_reference, coalesce(o.account, an.detail ->> 'account') AS account,
+       o.pos_id, o.status, o.total_amount, o.paid_amount, o.refunded_amount, an.detail, an.created_at,
        CASE an.kind
            WHEN 'late_payment' THEN 'The order was cancelled, superseded or expired, and then paid: deliver it, or give the money back with mpqr_refund().'
            WHEN 'double_payment' THEN 'The customer paid more than once: refund the extra payment with mpqr_refund().'
@@ -72,19 +27,26 @@ SELECT an.id, an.kind, o.external_reference, o.account, o.pos_id, o.status, o.to
            WHEN 'shortfall' THEN 'Paid below the total (a coupon or a Mercado Pago discount): check the settlement.'
            WHEN 'chargeback' THEN 'A payment was charged back after the sale: answer the dispute in Mercado Pago.'
            WHEN 'mediation' THEN 'A payment is in mediation: answer the claim in Mercado Pago.'
+           WHEN 'claim' THEN 'A buyer opened a claim: answer it in Mercado Pago.'
        END AS action
   FROM mpqr.anomalies an
   LEFT JOIN mpqr.orders o ON o.id = an.order_id
  WHERE an.resolved_at IS NULL;
 COMMENT ON VIEW mpqr.anomalies_open IS 'Anomalies to work through, with the action each needs';
 
--- Record an anomaly once (per order, kind and key), with an event and a NOTIFY.
+-- Record an anomaly once (per order, kind and key), with an event, a NOTIFY
+-- and a WARNING.
 CREATE FUNCTION mpqr.flag(order_id bigint, kind text, detail jsonb) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     o mpqr.orders;
 BEGIN
+    IF order_id IS NULL AND EXISTS (SELECT 1 FROM mpqr.anomalies an
+                                     WHERE an.order_id IS NULL AND an.kind = flag.kind
+                                       AND an.detail ->> 'key' = flag.detail ->> 'key') THEN
+        RETURN;
+    END IF;
     INSERT INTO mpqr.anomalies (order_id, kind, detail)
     VALUES (order_id, kind, detail)
     ON CONFLICT DO NOTHING;
@@ -92,61 +54,52 @@ BEGIN
         RETURN;
     END IF;
     SELECT * INTO o FROM mpqr.orders x WHERE x.id = flag.order_id;
-    INSERT INTO mpqr.order_events (order_id, from_status, to_status, reason, detail)
-    VALUES (o.id, o.status, o.status, 'anomaly: ' || kind, detail);
-    PERFORM pg_notify('mpqr_order', jsonb_build_object(
-        'external_reference', o.external_reference, 'status', o.status, 'paid_amount', o.paid_amount,
-        'anomaly', kind, 'account', o.account, 'pos_id', o.pos_id, 'order_id', o.id)::text);
-    RAISE WARNING 'order "%": %', o.external_reference, replace(kind, '_', ' ');
+    IF FOUND THEN
+        INSERT INTO mpqr.order_events (order_id, from_status, to_status, reason, detail)
+        VALUES (o.id, o.status, o.status, 'anomaly: ' || kind, detail);
+        PERFORM pg_notify('mpqr_order', (mpqr.order_payload(o) || jsonb_build_object('anomaly', kind))::text);
+        RAISE WARNING 'order "%": %', o.external_reference, replace(kind, '_', ' ');
+    ELSE
+        RAISE WARNING 'account "%": %', detail ->> 'account', replace(kind, '_', ' ');
+    END IF;
 END
 $$;
 
--- Does mpqr know this resource?  Fetches of unknown ones are rate limited.
-CREATE FUNCTION mpqr.known_resource(account text, resource text, resource_id text) RETURNS boolean
+-- Does mpqr know this resource?  Fetches of unknown ones share a budget,
+-- and a 401 or 403 to one of them does not pause the account.
+CREATE FUNCTION mpqr.known_resource(account text, kind text, resource_id text) RETURNS boolean
 LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
 BEGIN
-    RETURN CASE resource
-        WHEN 'merchant_order' THEN resource_id ~ '^[0-9]{1,18}$'
+    RETURN CASE kind
+        WHEN 'fetch_merchant_order' THEN resource_id ~ '^[0-9]{1,18}$'
                                    AND EXISTS (SELECT 1 FROM mpqr.merchant_orders m
                                                 WHERE m.id = resource_id::bigint
                                                   AND m.account = known_resource.account)
-        WHEN 'payment' THEN EXISTS (SELECT 1 FROM mpqr.payments p
-                                     WHERE p.id = resource_id AND p.account = known_resource.account)
-        WHEN 'order' THEN EXISTS (SELECT 1 FROM mpqr.orders o
-                                   WHERE o.mp_order_id = resource_id AND o.account = known_resource.account)
-                       OR EXISTS (SELECT 1 FROM mpqr.orders o
-                                   WHERE o.previous_mp_order_ids @> ARRAY[resource_id]
-                                     AND o.previous_mp_order_ids IS NOT NULL
-                                     AND o.account = known_resource.account)
-        WHEN 'search' THEN true
-        ELSE false END;
+        WHEN 'fetch_payment' THEN EXISTS (SELECT 1 FROM mpqr.payments p
+                                           WHERE p.id = resource_id AND p.account = known_resource.account)
+        WHEN 'fetch_order' THEN EXISTS (SELECT 1 FROM mpqr.orders o
+                                         WHERE o.mp_order_id = resource_id AND o.account = known_resource.account)
+                             OR EXISTS (SELECT 1 FROM mpqr.orders o
+                                         WHERE o.previous_mp_order_ids @> ARRAY[resource_id]
+                                           AND o.previous_mp_order_ids IS NOT NULL
+                                           AND o.account = known_resource.account)
+        WHEN 'fetch_chargeback' THEN false
+        ELSE true END;
 END
 $$;
 
--- Parse a timestamp from the API; NULL when absent or malformed.
-CREATE FUNCTION mpqr.api_time(value text) RETURNS timestamptz
-LANGUAGE plpgsql STABLE PARALLEL SAFE
+-- How far a payment has gone: a snapshot whose date cannot be read may only
+-- move a payment forward on this scale.
+CREATE FUNCTION mpqr.payment_rank(status text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
-BEGIN
-    RETURN value::timestamptz;
-EXCEPTION WHEN data_exception THEN
-    RETURN NULL;
-END
-$$;
-
--- A number from the API (numbers, or strings in the Orders API).
-CREATE FUNCTION mpqr.api_numeric(value jsonb) RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-AS $$
-BEGIN
-    IF value IS NULL OR jsonb_typeof(value) = 'null' THEN
-        RETURN NULL;
-    END IF;
-    RETURN (value #>> '{}')::numeric;
-EXCEPTION WHEN data_exception THEN
-    RETURN NULL;
-END
+    SELECT CASE status
+        WHEN 'pending' THEN 0 WHEN 'in_process' THEN 0 WHEN 'authorized' THEN 1
+        WHEN 'rejected' THEN 2 WHEN 'cancelled' THEN 2
+        WHEN 'approved' THEN 3 WHEN 'processed' THEN 3 WHEN 'accredited' THEN 3
+        WHEN 'in_mediation' THEN 4 WHEN 'charged_back' THEN 5 WHEN 'refunded' THEN 5
+        ELSE 0 END
 $$;
 
 -- Insert or update a payment, unless the stored one is newer.
@@ -175,8 +128,10 @@ AS $$
            approved_at = coalesce(excluded.approved_at, x.approved_at),
            last_modified = coalesce(excluded.last_modified, x.last_modified),
            body = coalesce(excluded.body, x.body), updated_at = now()
-     WHERE x.last_modified IS NULL OR excluded.last_modified IS NULL
-        OR excluded.last_modified >= x.last_modified
+     WHERE (excluded.last_modified IS NOT NULL
+            AND (x.last_modified IS NULL OR excluded.last_modified >= x.last_modified))
+        OR (excluded.last_modified IS NULL AND x.last_modified IS NULL)
+        OR mpqr.payment_rank(excluded.status) > mpqr.payment_rank(x.status)
 $$;
 
 -- Payment statuses of money that was confirmed at some point.
@@ -195,6 +150,7 @@ BEGIN
     UPDATE mpqr.orders x
        SET paid_amount = coalesce((SELECT sum(p.amount) FROM mpqr.payments p
                                     WHERE p.order_id = x.id AND mpqr.money_status(p.status)
+                                      AND (p.currency IS NULL OR p.currency = x.currency)
                                       -- not the payments of a merchant order with another total
                                       AND NOT EXISTS (SELECT 1 FROM mpqr.merchant_orders m
                                                        WHERE m.id = p.merchant_order_id
@@ -250,6 +206,44 @@ BEGIN
 END
 $$;
 
+-- Decide an instore order from its money: paid when a merchant order of it
+-- closed with its total, or when approved money covers the total; refunded
+-- when no money is left on it.
+CREATE FUNCTION mpqr.decide_instore(order_id bigint, detail jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    o mpqr.orders := mpqr.refresh_money(order_id);
+    closed_ids bigint[];
+BEGIN
+    -- a closed merchant order with another total is not a payment of our order
+    PERFORM mpqr.flag(o.id, 'amount_mismatch',
+                      jsonb_build_object('key', m.id, 'merchant_order_id', m.id,
+                                         'mp_total', m.total_amount, 'total_amount', o.total_amount))
+       FROM mpqr.merchant_orders m
+      WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount <> o.total_amount;
+    SELECT array_agg(m.id ORDER BY m.id) INTO closed_ids
+      FROM mpqr.merchant_orders m
+     WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount = o.total_amount;
+    IF array_length(closed_ids, 1) > 1 THEN
+        PERFORM mpqr.flag(o.id, 'double_payment',
+                          jsonb_build_object('key', 'merchant_orders', 'merchant_orders', to_jsonb(closed_ids)));
+    END IF;
+    IF closed_ids IS NOT NULL OR (o.paid_amount > 0 AND o.paid_amount >= o.total_amount) THEN
+        PERFORM mpqr.mark_paid(o, coalesce(closed_ids[1]::text, detail ->> 'merchant_order_id'),
+                               coalesce(detail, '{}') || CASE WHEN closed_ids IS NULL THEN '{}'::jsonb
+                                   ELSE jsonb_build_object('merchant_order_id', closed_ids[1]) END);
+    END IF;
+    SELECT * INTO o FROM mpqr.orders x WHERE x.id = o.id;
+    IF o.status = 'paid' AND o.paid_amount > 0 AND NOT EXISTS (
+           SELECT 1 FROM mpqr.payments p
+            WHERE p.order_id = o.id AND p.status IN ('approved', 'in_mediation', 'charged_back')) THEN
+        PERFORM mpqr.set_status(o.id, 'refunded', 'refunded',
+                                jsonb_build_object('refunded_amount', o.refunded_amount));
+    END IF;
+END
+$$;
+
 -- Apply a merchant order fetched from the API (instore).
 CREATE FUNCTION mpqr.apply_merchant_order(account text, mo jsonb) RETURNS void
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
@@ -259,10 +253,9 @@ DECLARE
     o mpqr.orders;
     mo_id bigint;
     pay jsonb;
-    closed_ids bigint[];
 BEGIN
     SELECT * INTO a FROM mpqr.accounts x WHERE x.name = apply_merchant_order.account;
-    IF jsonb_typeof(mo) <> 'object' OR NOT mo ? 'id' THEN
+    IF jsonb_typeof(mo) <> 'object' OR (mo ->> 'id') !~ '^[0-9]{1,18}$' THEN
         RETURN;
     END IF;
     -- only merchant orders of this account's collector count
@@ -281,56 +274,111 @@ BEGIN
     ON CONFLICT (id) DO UPDATE
        SET status = excluded.status, order_status = excluded.order_status,
            total_amount = excluded.total_amount, paid_amount = excluded.paid_amount,
-           refunded_amount = excluded.refunded_amount, last_updated = excluded.last_updated,
+           refunded_amount = excluded.refunded_amount,
+           last_updated = coalesce(excluded.last_updated, m.last_updated),
            body = excluded.body, fetched_at = now(), order_id = coalesce(excluded.order_id, m.order_id)
-     WHERE (m.last_updated IS NULL OR excluded.last_updated IS NULL
-            OR excluded.last_updated >= m.last_updated)
+     WHERE ((excluded.last_updated IS NOT NULL
+             AND (m.last_updated IS NULL OR excluded.last_updated >= m.last_updated))
+            OR (excluded.last_updated IS NULL AND m.last_updated IS NULL)
+            -- an unreadable date may only close a merchant order
+            OR (excluded.status = 'closed' AND m.status IS DISTINCT FROM 'closed'))
        -- a closed merchant order never reopens
        AND NOT (m.status = 'closed' AND excluded.status IS DISTINCT FROM 'closed');
     IF o.id IS NULL THEN
         -- a merchant order of a reference mpqr does not know changes nothing
         RETURN;
     END IF;
-    FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(mo -> 'payments', '[]')) LOOP
+    FOR pay IN SELECT value FROM jsonb_array_elements(
+                   CASE jsonb_typeof(mo -> 'payments') WHEN 'array' THEN mo -> 'payments' ELSE '[]' END) LOOP
+        CONTINUE WHEN (pay ->> 'id') IS NULL;
         PERFORM mpqr.upsert_payment(ROW(
             pay ->> 'id', a.name, o.id, o.external_reference, mo_id, NULL, NULL,
-            pay ->> 'status', pay ->> 'status_detail',
+            coalesce(pay ->> 'status', 'unknown'), pay ->> 'status_detail',
             mpqr.api_numeric(pay -> 'transaction_amount'), coalesce(mpqr.api_numeric(pay -> 'amount_refunded'), 0),
             pay ->> 'currency_id', pay ->> 'operation_type', mpqr.api_time(pay ->> 'date_approved'),
             mpqr.api_time(pay ->> 'last_modified'), pay, now())::mpqr.payments);
     END LOOP;
-    o := mpqr.refresh_money(o.id);
+    PERFORM mpqr.decide_instore(o.id, jsonb_build_object('merchant_order_id', mo_id));
+END
+$$;
 
-    SELECT array_agg(m.id ORDER BY m.id) INTO closed_ids
-      FROM mpqr.merchant_orders m
-     WHERE m.order_id = o.id AND m.status = 'closed';
-    IF closed_ids IS NULL THEN
+-- Apply a payment fetched from the API (GET /v1/payments/{id}, or one
+-- result of a search).  instore: it is stored on its order, and decides on
+-- its own.  Orders API: the order decides, so its order is fetched.  A
+-- payment of another collector, or of a reference mpqr does not know,
+-- changes nothing and is not kept.
+CREATE FUNCTION mpqr.apply_payment(account text, j jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    a mpqr.accounts;
+    o mpqr.orders;
+    mo_id bigint;
+BEGIN
+    SELECT * INTO a FROM mpqr.accounts x WHERE x.name = apply_payment.account;
+    IF jsonb_typeof(j) <> 'object' OR (j ->> 'id') IS NULL
+       OR (j ->> 'collector_id') IS DISTINCT FROM a.collector_id::text THEN
         RETURN;
     END IF;
-    -- a closed merchant order with another total is not a payment of our order
-    PERFORM mpqr.flag(o.id, 'amount_mismatch',
-                      jsonb_build_object('key', m.id, 'merchant_order_id', m.id,
-                                         'mp_total', m.total_amount, 'total_amount', o.total_amount))
-       FROM mpqr.merchant_orders m
-      WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount <> o.total_amount;
-    SELECT array_agg(m.id ORDER BY m.id) INTO closed_ids
-      FROM mpqr.merchant_orders m
-     WHERE m.order_id = o.id AND m.status = 'closed' AND m.total_amount = o.total_amount;
-    IF closed_ids IS NULL THEN
+    SELECT * INTO o FROM mpqr.orders x
+     WHERE x.account = a.name AND x.external_reference = j ->> 'external_reference'
+       FOR UPDATE;
+    IF NOT FOUND THEN
         RETURN;
     END IF;
-    IF array_length(closed_ids, 1) > 1 THEN
-        PERFORM mpqr.flag(o.id, 'double_payment',
-                          jsonb_build_object('key', 'merchant_orders', 'merchant_orders', to_jsonb(closed_ids)));
+    IF a.api = 'orders' THEN
+        PERFORM mpqr.queue_check(o);
+        RETURN;
     END IF;
-    PERFORM mpqr.mark_paid(o, closed_ids[1]::text, jsonb_build_object('merchant_order_id', closed_ids[1]));
-    SELECT * INTO o FROM mpqr.orders x WHERE x.id = o.id;
-    IF o.status = 'paid' AND o.paid_amount > 0 AND NOT EXISTS (
-           SELECT 1 FROM mpqr.payments p
-            WHERE p.order_id = o.id AND p.status IN ('approved', 'in_mediation', 'charged_back')) THEN
-        PERFORM mpqr.set_status(o.id, 'refunded', 'refunded',
-                                jsonb_build_object('refunded_amount', o.refunded_amount));
+    IF (j #>> '{order,id}') ~ '^[0-9]{1,18}$' THEN
+        mo_id := (j #>> '{order,id}')::bigint;
     END IF;
+    PERFORM mpqr.upsert_payment(ROW(
+        j ->> 'id', a.name, o.id, o.external_reference, mo_id, NULL, NULL,
+        coalesce(j ->> 'status', 'unknown'), j ->> 'status_detail',
+        mpqr.api_numeric(j -> 'transaction_amount'),
+        coalesce(mpqr.api_numeric(j -> 'transaction_amount_refunded'), 0),
+        j ->> 'currency_id', j ->> 'operation_type', mpqr.api_time(j ->> 'date_approved'),
+        mpqr.api_time(j ->> 'date_last_updated'), j, now())::mpqr.payments);
+    PERFORM mpqr.decide_instore(o.id, jsonb_build_object('payment_id', j ->> 'id', 'merchant_order_id', mo_id));
+END
+$$;
+
+-- Apply every result of a payments search; returns how many it held.
+CREATE FUNCTION mpqr.apply_payment_search(account text, j jsonb) RETURNS integer
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    e jsonb;
+    n integer := 0;
+BEGIN
+    FOR e IN SELECT value FROM jsonb_array_elements(
+                 CASE jsonb_typeof(j -> 'results') WHEN 'array' THEN j -> 'results' ELSE '[]' END)
+    LOOP
+        PERFORM mpqr.apply_payment(account, e);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+-- Apply a chargeback fetched from the API: its payments are fetched again,
+-- and a charged-back payment is an open anomaly of its order.
+CREATE FUNCTION mpqr.apply_chargeback(account text, j jsonb) RETURNS void
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+DECLARE
+    pid text;
+BEGIN
+    IF jsonb_typeof(j) <> 'object' THEN
+        RETURN;
+    END IF;
+    FOR pid IN SELECT coalesce(e ->> 'id', e #>> '{}')
+                 FROM jsonb_array_elements(CASE jsonb_typeof(j -> 'payments') WHEN 'array' THEN j -> 'payments'
+                                                ELSE '[]' END) e
+    LOOP
+        PERFORM mpqr.queue_fetch(account, 'payment', pid, trusted => true);
+    END LOOP;
 END
 $$;
 
@@ -341,15 +389,18 @@ AS $$
 DECLARE
     pay jsonb;
 BEGIN
-    FOR pay IN SELECT value FROM jsonb_array_elements(coalesce(j #> '{transactions,payments}', '[]')) LOOP
+    FOR pay IN SELECT value FROM jsonb_array_elements(
+                   CASE jsonb_typeof(j #> '{transactions,payments}') WHEN 'array' THEN j #> '{transactions,payments}'
+                        ELSE '[]' END) LOOP
+        CONTINUE WHEN (pay ->> 'id') IS NULL;
         PERFORM mpqr.upsert_payment(ROW(
             pay ->> 'id', o.account, o.id, o.external_reference, NULL, j ->> 'id', pay #>> '{reference,id}',
-            pay ->> 'status', pay ->> 'status_detail',
+            coalesce(pay ->> 'status', 'unknown'), pay ->> 'status_detail',
             coalesce(mpqr.api_numeric(pay -> 'paid_amount'), mpqr.api_numeric(pay -> 'amount')), 0,
             o.currency, NULL,
             CASE WHEN pay ->> 'status' IN ('processed', 'refunded')
                  THEN mpqr.api_time(j ->> 'last_updated_date') END,
-            NULL, pay, now())::mpqr.payments);
+            mpqr.api_time(j ->> 'last_updated_date'), pay, now())::mpqr.payments);
     END LOOP;
 END
 $$;
@@ -381,7 +432,9 @@ BEGIN
            AND x.external_reference = j ->> 'external_reference'
            FOR UPDATE;
         IF FOUND THEN
-            UPDATE mpqr.orders x SET mp_order_id = j ->> 'id' WHERE x.id = o.id
+            UPDATE mpqr.orders x SET mp_order_id = j ->> 'id',
+                                     qr_data = coalesce(j #>> '{type_response,qr_data}', x.qr_data)
+             WHERE x.id = o.id
             RETURNING * INTO o;
         END IF;
     END IF;
@@ -412,11 +465,18 @@ BEGIN
     END IF;
     PERFORM mpqr.upsert_order_payments(o, j);
     SELECT sum(mpqr.api_numeric(rf -> 'amount')) INTO refunded
-      FROM jsonb_array_elements(coalesce(j #> '{transactions,refunds}', '[]')) rf
+      FROM jsonb_array_elements(CASE jsonb_typeof(j #> '{transactions,refunds}') WHEN 'array'
+                                     THEN j #> '{transactions,refunds}' ELSE '[]' END) rf
      WHERE rf ->> 'status' = 'processed';
     UPDATE mpqr.orders x
        SET refunded_amount = greatest(x.refunded_amount, coalesce(refunded, 0))
      WHERE x.id = o.id;
+    UPDATE mpqr.refunds f SET status = 'processed', updated_at = now()
+     WHERE f.order_id = o.id AND f.status = 'processing'
+       AND (f.mp_refund_id IS NULL OR EXISTS (
+                SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(j #> '{transactions,refunds}') WHEN 'array'
+                                                        THEN j #> '{transactions,refunds}' ELSE '[]' END) rf
+                 WHERE rf ->> 'id' = f.mp_refund_id AND rf ->> 'status' = 'processed'));
     o := mpqr.refresh_money(o.id);
     IF mpqr.api_numeric(j -> 'total_paid_amount') IS NOT NULL THEN
         UPDATE mpqr.orders x SET paid_amount = mpqr.api_numeric(j -> 'total_paid_amount')
@@ -437,45 +497,6 @@ BEGIN
             PERFORM mpqr.set_status(o.id, 'expired', 'expired');
         WHEN 'canceled' THEN
             PERFORM mpqr.set_status(o.id, 'cancelled', coalesce(o.status_reason, 'cancelled'));
-        ELSE
-            NULL;
-    END CASE;
-END
-$$;
-
--- A fetch was answered: apply what it says.
-CREATE FUNCTION mpqr.fetch_done(r mpqr.requests, j jsonb) RETURNS void
-LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
-AS $$
-DECLARE
-    e jsonb;
-    a mpqr.accounts;
-BEGIN
-    IF j IS NULL THEN
-        RETURN;
-    END IF;
-    CASE r.kind
-        WHEN 'fetch_merchant_order' THEN
-            PERFORM mpqr.apply_merchant_order(r.account, j);
-        WHEN 'search_merchant_orders' THEN
-            FOR e IN SELECT value FROM jsonb_array_elements(
-                         CASE jsonb_typeof(j -> 'elements') WHEN 'array' THEN j -> 'elements' ELSE '[]' END)
-            LOOP
-                PERFORM mpqr.apply_merchant_order(r.account, e);
-            END LOOP;
-        WHEN 'fetch_order' THEN
-            PERFORM mpqr.apply_order(r.account, j);
-        WHEN 'fetch_payment' THEN
-            SELECT * INTO a FROM mpqr.accounts x WHERE x.name = r.account;
-            IF (j ->> 'collector_id') IS DISTINCT FROM a.collector_id::text THEN
-                RETURN;
-            END IF;
-            -- the payment names its merchant order: that is what decides
-            IF (j #>> '{order,id}') ~ '^[0-9]{1,18}$' THEN
-                PERFORM mpqr.queue_fetch(r.account, 'merchant_order', j #>> '{order,id}', trusted => true);
-            ELSIF j ? 'external_reference' THEN
-                PERFORM mpqr.queue_fetch(r.account, 'search', j ->> 'external_reference', trusted => true);
-            END IF;
         ELSE
             NULL;
     END CASE;
