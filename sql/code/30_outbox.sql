@@ -218,15 +218,17 @@ BEGIN
 END
 $$;
 
--- Can the last main request of r still reach Mercado Pago?  A request
--- whose answer was lost (a crash, a dropped connection) may be applied
--- there a little later; a check that finds nothing is trusted only once the
--- request could no longer be on its way, as when it would have timed out.
+-- Can the last main request of r still reach Mercado Pago?  One that got
+-- no answer at all (a crash, a dropped connection: http_status NULL or 0)
+-- may be applied there a little later; a check that finds nothing is
+-- trusted only once the request could no longer be on its way, as when it
+-- would have timed out.  An answer, even a 5xx, means it is not on its way.
 -- Returns how long to wait before checking again (NULL: no need).
 CREATE FUNCTION mpqr.may_still_arrive(r mpqr.requests) RETURNS interval
 LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN r.main_sent_at + w > now() THEN r.main_sent_at + w - now() END
+    SELECT CASE WHEN coalesce(r.http_status, 0) = 0 AND r.main_sent_at + w > now()
+                THEN r.main_sent_at + w - now() END
       FROM (SELECT mpqr.setting_interval('http_timeout') + mpqr.setting_interval('connect_timeout') AS w) s
 $$;
 
@@ -246,6 +248,7 @@ BEGIN
            not_before = now(),
            phase = mpqr.unknown_outcome_phase(q, NULL),
            failures = q.failures + 1,
+           http_status = NULL,
            error = CASE WHEN q.lease_owner IS DISTINCT FROM incarnation
                         THEN 'the sender that sent it stopped: the outcome is unknown'
                         ELSE 'lease expired: the outcome of the last attempt is unknown' END

@@ -276,7 +276,7 @@ def test_the_sweep_finds_a_lost_payment_by_itself(shop, sim):
     try:
         wait_status(shop, "SWEPT-1", "paid", timeout=60)
         assert shop.scalar("SELECT count(*) FROM mpqr.notifications") == 0
-        assert shop.scalar("SELECT count(*) FROM mpqr.requests WHERE kind = 'search_merchant_orders'") >= 1
+        assert shop.scalar("SELECT count(*) FROM mpqr.requests WHERE kind = 'search_payments'") >= 1
     finally:
         shop.execute("ALTER SYSTEM RESET mpqr.fast_check_after")
         shop.execute("ALTER SYSTEM RESET mpqr.fast_check_interval")
