@@ -279,7 +279,7 @@ DECLARE
                                + interval '5 seconds');
     h record := mpqr.here();
 BEGIN
-    PERFORM mpqr.recover_requests(incarnation);
+    PERFORM mpqr.count_event('requests_recovered', mpqr.recover_requests(incarnation));
     RETURN QUERY
     WITH cand AS (
         SELECT q.id
@@ -412,7 +412,8 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     class text := mpqr.answer_class(r, o.http_status, o.body);
-    err text := coalesce(o.error, CASE WHEN o.http_status > 0 THEN 'HTTP ' || o.http_status END);
+    err text := coalesce(o.error, CASE WHEN o.http_status > 0 THEN 'HTTP ' || o.http_status
+                                       WHEN o.http_status = 0 THEN 'no answer' END);
     what text := r.method || ' ' || r.kind || coalesce(' ' || r.subject, '');
     t mpqr.request_transition;
 BEGIN
