@@ -296,7 +296,8 @@ MpqrNotReadyReason(void)
  * SQLSTATE of the error that aborted it.  The error is logged and kept as
  * the worker's last error, unless quiet says it is the client's.
  *
- * Caller's memory context survives; body's allocations in it survive too.
+ * The body runs in the caller's memory context, which survives the unit, so
+ * what it allocates outlives the transaction; SPI results are SPI's own.
  */
 int
 MpqrRunUnit(MpqrWorkerSlot *slot, const char *activity, MpqrUnitBody body,
@@ -314,6 +315,8 @@ MpqrRunUnit(MpqrWorkerSlot *slot, const char *activity, MpqrUnitBody body,
 		MemoryContextSwitchTo(cxt);
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
+		/* what the body allocates must outlive SPI_finish */
+		MemoryContextSwitchTo(cxt);
 		ext = lock_extension();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		if (mpqr_worker_statement_timeout_ms > 0)
