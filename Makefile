@@ -44,7 +44,7 @@ SHLIB_LINK = -lcurl -lmicrohttpd -lcrypto
 PG_CPPFLAGS = -DMPQR_VERSION=\"$(EXTVERSION)\"
 
 # pg_regress (make regress): on a temporary instance with mpqr preloaded
-REGRESS = accounts put_order reconcile outbox
+REGRESS = accounts put_order reconcile outbox inlining
 REGRESS_OPTS = --load-extension=mpqr
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
@@ -70,7 +70,8 @@ mpqr--%.sql: sql/upgrade/mpqr--%.sql $(CODE_SOURCES)
 
 DEB_PACKAGES = postgresql-15 postgresql-server-dev-15 postgresql-15-cron \
 	libcurl4-openssl-dev libmicrohttpd-dev libssl-dev \
-	clang libclang-rt-14-dev openssl curl \
+	postgresql-15-plpgsql-check \
+	clang libclang-rt-14-dev openssl curl qrencode nginx-light wrk valgrind \
 	python3 python3-pytest python3-psycopg2
 
 .PHONY: deps test demo fuzz fuzz-run bench regress print-regress

@@ -1,5 +1,13 @@
 -- Small helpers shared by every concern: settings, currencies, quoting, the
 -- calls into the library.
+--
+-- Note: every SQL-language function of the extension is one the planner can
+-- inline where it is used, so that a call from PL/pgSQL is planned once with
+-- its caller instead of being parsed again on every call.  They are CALLED
+-- ON NULL INPUT (a STRICT one is inlined only if its body is strict too).
+-- A function that cannot be inlined (a subquery, more than one statement, a
+-- body less immutable than declared) is PL/pgSQL.  The regression test
+-- inlining.sql checks this.
 
 -- A setting of mpqr, as guc.c defines it.  The library is preloaded in every
 -- session of a server that runs mpqr, so a missing setting means it is not.
@@ -14,13 +22,13 @@ END
 $$;
 
 CREATE FUNCTION mpqr.setting(name text) RETURNS text
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE sql STABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT coalesce(pg_catalog.current_setting('mpqr.' || name, true), mpqr.not_loaded(name)) $$;
 
 -- A time setting as an interval (current_setting shows it with its unit,
 -- such as 10min, 200ms or 90d).
 CREATE FUNCTION mpqr.setting_interval(name text) RETURNS interval
-LANGUAGE sql STABLE STRICT PARALLEL SAFE
+LANGUAGE sql STABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT mpqr.setting(name)::interval $$;
 
 -- The system identifier of this cluster (from shared memory, not the disk).
@@ -31,12 +39,17 @@ LANGUAGE C STABLE STRICT PARALLEL SAFE;
 -- Where this database lives: the cluster's system identifier and the
 -- database's name.  An account configured elsewhere belongs to a copy.
 CREATE FUNCTION mpqr.here(OUT system bigint, OUT database text)
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT mpqr.system_identifier(), pg_catalog.current_database()::text $$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+BEGIN
+    system := mpqr.system_identifier();
+    database := pg_catalog.current_database();
+END
+$$;
 
 -- Currency of a Mercado Pago site.
 CREATE FUNCTION mpqr.site_currency(site_id text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT CASE site_id
         WHEN 'MLA' THEN 'ARS' WHEN 'MLB' THEN 'BRL' WHEN 'MLM' THEN 'MXN'
@@ -46,25 +59,28 @@ $$;
 
 -- Does this currency take integer amounts only (Chile and Colombia)?
 CREATE FUNCTION mpqr.integer_currency(currency text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT currency IN ('CLP', 'COP') $$;
 
 -- An amount as Mercado Pago's Orders API wants it: a string with two decimals,
 -- or none for currencies without decimals.  Amounts are checked at the door
 -- (mpqr.check_amount), so they always fit the format.
 CREATE FUNCTION mpqr.amount_text(amount numeric, currency text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN mpqr.integer_currency(currency)
-                THEN trim(to_char(amount, 'FM999999999999990'))
-                ELSE trim(to_char(amount, 'FM999999999999990.00')) END
+BEGIN
+    IF mpqr.integer_currency(currency) THEN
+        RETURN trim(to_char(amount, 'FM999999999999990'));
+    END IF;
+    RETURN trim(to_char(amount, 'FM999999999999990.00'));
+END
 $$;
 
 -- A value as an error message may quote it: at most 40 characters, without
 -- control characters, so that a huge or hostile argument never reaches the
 -- log whole.
 CREATE FUNCTION mpqr.excerpt(value text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT regexp_replace(left(value, 40), '[[:cntrl:]]', '?', 'g')
            || CASE WHEN length(value) > 40 THEN '...' ELSE '' END
@@ -113,13 +129,17 @@ $$;
 -- Percent-encode a path segment or query-string value: only unreserved
 -- characters pass, so no value can change a URL's path or query.
 CREATE FUNCTION mpqr.urlencode(value text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN value ~ '^[A-Za-z0-9_.~-]*$' THEN value
-           ELSE (SELECT string_agg(CASE WHEN b ~ '^[A-Za-z0-9_.~-]$' THEN b
-                                        ELSE upper(regexp_replace(encode(convert_to(b, 'UTF8'), 'hex'), '(..)', '%\1', 'g'))
-                                   END, '' ORDER BY i)
-                   FROM regexp_split_to_table(value, '') WITH ORDINALITY AS t(b, i)) END
+BEGIN
+    IF value ~ '^[A-Za-z0-9_.~-]*$' THEN
+        RETURN value;
+    END IF;
+    RETURN (SELECT string_agg(CASE WHEN b ~ '^[A-Za-z0-9_.~-]$' THEN b
+                                   ELSE upper(regexp_replace(encode(convert_to(b, 'UTF8'), 'hex'), '(..)', '%\1', 'g'))
+                              END, '' ORDER BY i)
+              FROM regexp_split_to_table(value, '') WITH ORDINALITY AS t(b, i));
+END
 $$;
 
 -- Read an answer as JSON; NULL when it is not JSON.

@@ -47,7 +47,7 @@ $$;
 
 -- A token or secret as read from a file: without the surrounding white space.
 CREATE FUNCTION mpqr.trim_secret(value text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT btrim(value, E' \t\r\n') $$;
 
 -- mpqr_add_account(name, collector_id, access_token, webhook_secret, site_id, api)
@@ -154,8 +154,14 @@ $$;
 -- Was the account configured in this cluster and database (not restored
 -- from a dump of another)?
 CREATE FUNCTION mpqr.account_is_here(a mpqr.accounts) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$ SELECT (a.origin_system, a.origin_database) = (SELECT h.system, h.database FROM mpqr.here() h) $$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    h record := mpqr.here();
+BEGIN
+    RETURN (a.origin_system, a.origin_database) = (h.system, h.database);
+END
+$$;
 
 -- mpqr_confirm_copy() adopts, as this database's own, every account that was
 -- configured in another cluster or database (a restored dump), and resumes

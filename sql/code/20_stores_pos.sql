@@ -5,7 +5,7 @@
 -- The rules Mercado Pago documents for the ids of stores and POS.  Both
 -- appear in API paths, so nothing else may pass.
 CREATE FUNCTION mpqr.check_store_id(external_id text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT mpqr.check_text(external_id, 'store external id', 60, '^[A-Za-z0-9]+$',
                            'Mercado Pago takes 1 to 60 letters or digits.')
@@ -47,7 +47,7 @@ $$;
 
 -- The serial key of a store's creation: the POS of that store wait for it.
 CREATE FUNCTION mpqr.store_serial_key(account text, store text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT 'store:' || account || '/' || store $$;
 
 -- mpqr_add_store(account, external_id, name, location, business_hours)
@@ -96,12 +96,14 @@ $$;
 -- The body of a POS creation.  The claim builds it when the POS is sent,
 -- because store_id is NULL until the store exists at Mercado Pago.
 CREATE FUNCTION mpqr.pos_body(p mpqr.pos, mp_store_id text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT jsonb_strip_nulls(jsonb_build_object(
+BEGIN
+    RETURN jsonb_strip_nulls(jsonb_build_object(
         'name', p.name, 'fixed_amount', true, 'store_id', mp_store_id,
         'external_store_id', p.store_external_id, 'external_id', p.external_id,
-        'category', p.category))::text
+        'category', p.category))::text;
+END
 $$;
 
 -- mpqr_add_pos(external_pos_id, store, name, category, account, register)

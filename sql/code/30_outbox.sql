@@ -105,22 +105,26 @@ $$;
 
 -- The serial key of a POS: its requests go one at a time, in order.
 CREATE FUNCTION mpqr.pos_serial_key(account text, pos_id text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT account || '/' || pos_id $$;
 
 -- Paths of the instore (QR attended v2) API; every segment is encoded.
 CREATE FUNCTION mpqr.instore_pos_path(collector_id bigint, pos_id text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT '/instore/qr/seller/collectors/' || collector_id || '/pos/'
-           || mpqr.urlencode(pos_id) || '/orders'
+BEGIN
+    RETURN '/instore/qr/seller/collectors/' || collector_id || '/pos/'
+           || mpqr.urlencode(pos_id) || '/orders';
+END
 $$;
 
 CREATE FUNCTION mpqr.instore_store_pos_path(collector_id bigint, store_id text, pos_id text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT '/instore/qr/seller/collectors/' || collector_id || '/stores/'
-           || mpqr.urlencode(store_id) || '/pos/' || mpqr.urlencode(pos_id) || '/orders'
+BEGIN
+    RETURN '/instore/qr/seller/collectors/' || collector_id || '/stores/'
+           || mpqr.urlencode(store_id) || '/pos/' || mpqr.urlencode(pos_id) || '/orders';
+END
 $$;
 
 -- Is this answer worth another attempt?  Network errors (0), timeouts,
@@ -172,7 +176,7 @@ $$;
 -- shows as stuck until it expires).  Cancels, refunds and creations wait on
 -- Mercado Pago until it answers for good.
 CREATE FUNCTION mpqr.gives_up(kind text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT kind NOT IN ('cancel', 'refund', 'create_store', 'create_pos') $$;
 
 -- The unknown-outcome rule: the phase a request goes through before it is
@@ -225,11 +229,16 @@ $$;
 -- would have timed out.  An answer, even a 5xx, means it is not on its way.
 -- Returns how long to wait before checking again (NULL: no need).
 CREATE FUNCTION mpqr.may_still_arrive(r mpqr.requests) RETURNS interval
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
-    SELECT CASE WHEN coalesce(r.http_status, 0) = 0 AND r.main_sent_at + w > now()
-                THEN r.main_sent_at + w - now() END
-      FROM (SELECT mpqr.setting_interval('http_timeout') + mpqr.setting_interval('connect_timeout') AS w) s
+DECLARE
+    w interval := mpqr.setting_interval('http_timeout') + mpqr.setting_interval('connect_timeout');
+BEGIN
+    IF coalesce(r.http_status, 0) = 0 AND r.main_sent_at + w > now() THEN
+        RETURN r.main_sent_at + w - now();
+    END IF;
+    RETURN NULL;
+END
 $$;
 
 -- Requeue the requests whose outcome the sender can no longer tell: those
@@ -328,9 +337,10 @@ $$;
 -- When the next queued request becomes due, if later than now: the sender
 -- sleeps until then unless a commit wakes it.  NULL when nothing waits.
 CREATE FUNCTION mpqr.outbox_next_due() RETURNS timestamptz
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE plpgsql STABLE PARALLEL SAFE
 AS $$
-    SELECT min(due) FROM (
+BEGIN
+    RETURN (SELECT min(due) FROM (
         (SELECT q.not_before AS due
            FROM mpqr.requests q
            JOIN mpqr.accounts a ON a.name = q.account
@@ -342,7 +352,8 @@ AS $$
            FROM mpqr.requests q
           WHERE q.state = 'inflight'
           ORDER BY q.lease_until
-          LIMIT 1)) d
+          LIMIT 1)) d);
+END
 $$;
 
 -- Pause an account whose token Mercado Pago refused: its requests stay
@@ -453,7 +464,7 @@ $$;
 -- Is this error the database's trouble rather than one answer's?  Then the
 -- whole record fails, the sender tries again, and no outcome is lost.
 CREATE FUNCTION mpqr.database_trouble(sqlstate text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT left(sqlstate, 2) IN ('08', '40', '53', '57', '58', 'XX') OR sqlstate IN ('55P03', '55006')
 $$;

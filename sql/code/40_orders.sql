@@ -6,7 +6,7 @@
 -- Rank of a status: a status only moves to a higher rank.  Money that
 -- Mercado Pago confirmed (paid, refunded) outranks everything.
 CREATE FUNCTION mpqr.status_rank(status text) RETURNS integer
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT CASE status
         WHEN 'queued' THEN 0 WHEN 'published' THEN 1
@@ -17,7 +17,7 @@ $$;
 -- What NOTIFY mpqr_order says about an order.  A published dynamic or
 -- hybrid order carries qr_data, the EMVCo string the POS shows as a QR.
 CREATE FUNCTION mpqr.order_payload(o mpqr.orders) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT jsonb_strip_nulls(jsonb_build_object(
         'external_reference', o.external_reference,
@@ -43,6 +43,9 @@ $$;
 CREATE FUNCTION mpqr.advance_orders(moves mpqr.order_move[], new_attempt boolean DEFAULT false)
 RETURNS integer
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+-- its statements depend on the moves only through the array: a custom plan
+-- per call costs more than the generic one it would choose
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     n integer;
@@ -85,10 +88,12 @@ $$;
 CREATE FUNCTION mpqr.set_status(order_id bigint, new_status text, reason text DEFAULT NULL,
                                 detail jsonb DEFAULT NULL, new_attempt boolean DEFAULT false)
 RETURNS boolean
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
-    SELECT mpqr.advance_orders(ARRAY[ROW(order_id, new_status, reason, detail)::mpqr.order_move],
-                               new_attempt) > 0
+BEGIN
+    RETURN mpqr.advance_orders(ARRAY[ROW(order_id, new_status, reason, detail)::mpqr.order_move],
+                               new_attempt) > 0;
+END
 $$;
 
 -- The order of a reference: the one of the account named, else the only one.
@@ -299,70 +304,83 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    p mpqr.pos;
-    a mpqr.accounts;
-    o mpqr.orders;
+    r record;
     cur text;
     norm jsonb;
     ttl interval;
+    oid bigint;
+    o_pos text;
+    o_total numeric;
+    o_items jsonb;
+    o_title text;
+    o_description text;
+    o_mode text;
+    ikey text := gen_random_uuid()::text;
 BEGIN
-    PERFORM mpqr.require(pos_id, 'pos_id');
-    PERFORM mpqr.require(external_reference, 'external_reference');
-    PERFORM mpqr.require(mode, 'mode');
+    -- cheap checks first; the statements below are the only ones a put
+    -- makes (P1 in test/bench/RESULTS.md)
+    IF pos_id IS NULL OR external_reference IS NULL OR mode IS NULL THEN
+        PERFORM mpqr.require(pos_id, 'pos_id');
+        PERFORM mpqr.require(external_reference, 'external_reference');
+        PERFORM mpqr.require(mode, 'mode');
+    END IF;
     PERFORM mpqr.check_text(external_reference, 'external_reference', 64, '^[A-Za-z0-9_-]+$',
                             'Mercado Pago takes 1 to 64 letters, digits, "-" or "_".');
-    SELECT * INTO p FROM mpqr.pos x WHERE x.external_id = mpqr_put_order.pos_id FOR UPDATE;
+    SELECT x.status, x.error, a.name AS account, a.api, a.site_id INTO r
+      FROM mpqr.pos x JOIN mpqr.accounts a ON a.name = x.account
+     WHERE x.external_id = mpqr_put_order.pos_id
+       FOR UPDATE OF x;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'point of sale "%" does not exist', mpqr.excerpt(pos_id)
             USING ERRCODE = 'undefined_object',
                   HINT = 'Add it with mpqr_add_pos().';
     END IF;
-    SELECT * INTO a FROM mpqr.accounts x WHERE x.name = p.account;
-    IF p.status NOT IN ('created', 'linked', 'queued') THEN
+    IF r.status NOT IN ('created', 'linked', 'queued') THEN
         RAISE EXCEPTION 'point of sale "%" is not usable', pos_id
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  DETAIL = format('Its creation at Mercado Pago failed: %s', p.error);
+                  DETAIL = format('Its creation at Mercado Pago failed: %s', r.error);
     END IF;
     IF mode NOT IN ('static', 'dynamic', 'hybrid') THEN
         RAISE EXCEPTION 'invalid mode "%"', mpqr.excerpt(mode)
             USING ERRCODE = 'invalid_parameter_value', HINT = 'Use "static", "dynamic" or "hybrid".';
     END IF;
-    IF mode <> 'static' AND a.api <> 'orders' THEN
+    IF mode <> 'static' AND r.api <> 'orders' THEN
         RAISE EXCEPTION 'mode "%" needs an account on the Orders API', mode
             USING ERRCODE = 'feature_not_supported',
-                  DETAIL = format('Account "%s" uses the instore API, which has static QR orders only.', a.name);
+                  DETAIL = format('Account "%s" uses the instore API, which has static QR orders only.', r.account);
     END IF;
-    cur := mpqr.site_currency(a.site_id);
+    cur := mpqr.site_currency(r.site_id);
     PERFORM mpqr.check_amount(total_amount, cur, 'total_amount');
     title := coalesce(nullif(title, ''), 'Order ' || external_reference);
     PERFORM mpqr.check_text(title, 'title', 256);
     description := coalesce(nullif(description, ''), title);
     PERFORM mpqr.check_text(description, 'description', 150);
-    norm := mpqr.normalize_items(items, total_amount, title, cur, a.api);
+    norm := mpqr.normalize_items(items, total_amount, title, cur, r.api);
     ttl := mpqr.order_ttl(expires_in, mode);
 
     INSERT INTO mpqr.orders (account, external_reference, pos_id, total_amount, currency, title,
                              description, items, expires_in, expires_at, idempotency_key, mode)
-    VALUES (a.name, external_reference, p.external_id, total_amount, cur, title,
-            description, norm, ttl, now() + ttl, gen_random_uuid()::text, mode)
+    VALUES (r.account, external_reference, pos_id, total_amount, cur, title,
+            description, norm, ttl, now() + ttl, ikey, mode)
     ON CONFLICT ON CONSTRAINT orders_account_external_reference_key DO NOTHING
-    RETURNING * INTO o;
+    RETURNING id INTO oid;
     IF NOT FOUND THEN
-        SELECT * INTO o FROM mpqr.orders x
-         WHERE x.account = a.name AND x.external_reference = mpqr_put_order.external_reference;
-        IF o.pos_id = p.external_id AND o.total_amount = mpqr_put_order.total_amount
-           AND o.items = norm AND o.title = mpqr_put_order.title
-           AND o.description = mpqr_put_order.description AND o.mode = mpqr_put_order.mode THEN
-            RETURN o.id;
+        SELECT x.id, x.pos_id, x.total_amount, x.items, x.title, x.description, x.mode
+          INTO oid, o_pos, o_total, o_items, o_title, o_description, o_mode
+          FROM mpqr.orders x
+         WHERE x.account = r.account AND x.external_reference = mpqr_put_order.external_reference;
+        IF o_pos = pos_id AND o_total = total_amount AND o_items = norm AND o_title = title
+           AND o_description = description AND o_mode = mode THEN
+            RETURN oid;
         END IF;
         RAISE EXCEPTION 'order "%" already exists with different content', external_reference
             USING ERRCODE = 'unique_violation',
                   HINT = 'Use a new external_reference, or mpqr_retry_order() for a new attempt of a failed, expired or cancelled order.';
     END IF;
     INSERT INTO mpqr.order_events (order_id, from_status, to_status, reason)
-    VALUES (o.id, NULL, 'queued', 'put');
-    PERFORM mpqr.queue_publish(o, a);
-    RETURN o.id;
+    VALUES (oid, NULL, 'queued', 'put');
+    PERFORM mpqr.queue_publish(oid, external_reference, pos_id, mode, ikey, r.account, r.api);
+    RETURN oid;
 END
 $$;
 
@@ -394,7 +412,8 @@ BEGIN
                             new_attempt => true);
     SELECT * INTO o FROM mpqr.orders x WHERE x.id = o.id;
     SELECT * INTO a FROM mpqr.accounts x WHERE x.name = o.account;
-    PERFORM mpqr.queue_publish(o, a);
+    PERFORM mpqr.queue_publish(o.id, o.external_reference, o.pos_id, o.mode, o.idempotency_key,
+                               a.name, a.api);
     RETURN o.id;
 END
 $$;
@@ -423,7 +442,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   DETAIL = 'There is nothing to cancel.';
     END IF;
-    IF o.status = 'queued' AND mpqr.withdraw_publish(o, 'cancelled before it was sent') = 'withdrawn' THEN
+    IF o.status = 'queued' AND mpqr.withdraw_publish(o.id, 'cancelled before it was sent') = 'withdrawn' THEN
         PERFORM mpqr.set_status(o.id, 'cancelled', 'cancelled');
         RETURN;
     END IF;

@@ -35,8 +35,12 @@ $$;
 
 -- ISO-8601 duration of an interval, in whole seconds (PT600S).
 CREATE FUNCTION mpqr.iso_duration(i interval) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT 'PT' || greatest(30, ceil(extract(epoch FROM i)))::bigint || 'S' $$;
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN 'PT' || greatest(30, ceil(extract(epoch FROM i)))::bigint || 'S';
+END
+$$;
 
 -- The publish request of an order: method, path and body, for its API.
 -- Everything comes from the order's own columns, so that a re-send is the
@@ -120,17 +124,21 @@ $$;
 -- what the POS shows and a DELETE follow.
 --
 -- Caller must hold the locks of the order's POS and of the order.
-CREATE FUNCTION mpqr.withdraw_publish(o mpqr.orders, why text) RETURNS text
+CREATE FUNCTION mpqr.withdraw_publish(order_id bigint, why text) RETURNS text
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
-    q mpqr.requests;
+    q record;
 BEGIN
-    SELECT * INTO q FROM mpqr.requests x
-     WHERE x.order_id = o.id AND x.kind = 'publish' AND x.state = 'queued'
+    -- the latest publish (one per attempt, the earlier ones are final),
+    -- found through requests_order: a condition on state would let the
+    -- planner pick requests_due, which churns
+    SELECT x.id, x.state, x.failures, x.phase, x.method INTO q
+      FROM mpqr.requests x
+     WHERE x.order_id = withdraw_publish.order_id AND x.kind = 'publish'
      ORDER BY x.id DESC LIMIT 1
        FOR UPDATE;
-    IF NOT FOUND THEN
+    IF NOT FOUND OR q.state <> 'queued' THEN
         RETURN 'none';
     END IF;
     IF q.failures = 0 AND q.phase IS NULL THEN
@@ -153,37 +161,46 @@ $$;
 -- cancelled here without a call.  For the Orders API, a published older
 -- order is cancelled at Mercado Pago first (MP keeps one pending order per
 -- QR); for instore, the new PUT replaces it, and it becomes cancelled once
--- that PUT is answered.  A dynamic order has a QR of its own: it supersedes
--- nothing, and nothing supersedes it.
-CREATE FUNCTION mpqr.queue_publish(o mpqr.orders, a mpqr.accounts) RETURNS bigint
+-- that PUT is answered (publish_done_batch), so it is not even read here.
+-- A dynamic order has a QR of its own: it supersedes nothing, and nothing
+-- supersedes it.  This runs in every mpqr_put_order(): it makes one query
+-- when nothing waits, and one insert.
+CREATE FUNCTION mpqr.queue_publish(order_id bigint, external_reference text, pos_id text,
+                                   mode text, idempotency_key text, account text, api text)
+RETURNS bigint
 LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
-    old mpqr.orders;
-    key text := mpqr.pos_serial_key(o.account, o.pos_id);
+    old record;
+    key text := mpqr.pos_serial_key(account, pos_id);
+    rid bigint;
 BEGIN
-    IF o.mode <> 'dynamic' THEN
-        FOR old IN SELECT * FROM mpqr.orders x
-                    WHERE x.pos_id = o.pos_id AND x.id <> o.id AND x.status IN ('queued', 'published')
-                      AND x.mode <> 'dynamic'
+    IF mode <> 'dynamic' THEN
+        FOR old IN SELECT x.id, x.status FROM mpqr.orders x
+                    WHERE x.pos_id = queue_publish.pos_id AND x.id <> queue_publish.order_id
+                      AND x.status IN ('queued', 'published') AND x.mode <> 'dynamic'
+                      AND (x.status = 'queued' OR queue_publish.api = 'orders')
                     ORDER BY x.id
                       FOR UPDATE
         LOOP
             IF old.status = 'queued'
-               AND mpqr.withdraw_publish(old, 'superseded before it was sent') = 'withdrawn' THEN
+               AND mpqr.withdraw_publish(old.id, 'superseded before it was sent') = 'withdrawn' THEN
                 PERFORM mpqr.set_status(old.id, 'cancelled', 'superseded',
-                                        jsonb_build_object('by', o.external_reference));
-            ELSIF a.api = 'orders' THEN
-                PERFORM mpqr.enqueue(o.account, 'cancel', 'POST', NULL,
-                                     subject => o.pos_id, serial_key => key, order_id => old.id,
+                                        jsonb_build_object('by', external_reference));
+            ELSIF api = 'orders' THEN
+                PERFORM mpqr.enqueue(account, 'cancel', 'POST', NULL,
+                                     subject => pos_id, serial_key => key, order_id => old.id,
                                      idempotency_key => gen_random_uuid()::text,
                                      purpose => 'supersede');
             END IF;
         END LOOP;
     END IF;
-    RETURN mpqr.enqueue(o.account, 'publish', CASE WHEN a.api = 'instore' THEN 'PUT' ELSE 'POST' END, NULL,
-                        subject => o.pos_id, serial_key => key, order_id => o.id,
-                        idempotency_key => CASE WHEN a.api = 'orders' THEN o.idempotency_key END);
+    INSERT INTO mpqr.requests (account, kind, method, subject, serial_key, order_id, idempotency_key)
+    VALUES (account, 'publish', CASE WHEN api = 'instore' THEN 'PUT' ELSE 'POST' END,
+            pos_id, key, order_id, CASE WHEN api = 'orders' THEN idempotency_key END)
+    RETURNING id INTO rid;
+    PERFORM mpqr.wake_sender_at_commit();
+    RETURN rid;
 END
 $$;
 

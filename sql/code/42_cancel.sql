@@ -30,17 +30,23 @@ $$;
 
 -- The status an order gets when a cancel of this purpose is confirmed.
 CREATE FUNCTION mpqr.cancel_outcome(purpose text, OUT status text, OUT reason text)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT CASE purpose WHEN 'expire' THEN 'expired' ELSE 'cancelled' END,
-           CASE purpose WHEN 'expire' THEN 'expired' WHEN 'supersede' THEN 'superseded' ELSE 'cancelled' END
+BEGIN
+    status := CASE purpose WHEN 'expire' THEN 'expired' ELSE 'cancelled' END;
+    reason := CASE purpose WHEN 'expire' THEN 'expired' WHEN 'supersede' THEN 'superseded' ELSE 'cancelled' END;
+END
 $$;
 
 -- Close the order as the cancel's purpose says.
 CREATE FUNCTION mpqr.cancel_close(r mpqr.requests) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
-    SELECT mpqr.set_status(r.order_id, c.status, c.reason) FROM mpqr.cancel_outcome(r.purpose) c
+DECLARE
+    c record := mpqr.cancel_outcome(r.purpose);
+BEGIN
+    PERFORM mpqr.set_status(r.order_id, c.status, c.reason);
+END
 $$;
 
 -- What a cancel sends now (see mpqr.request_target).  An Orders API cancel

@@ -106,7 +106,7 @@ $$;
 -- or failed (a refund of 0.1.0 whose retries gave up: its outcome is
 -- unknown).
 CREATE FUNCTION mpqr.refund_pending(status text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT status IN ('queued', 'processing', 'in_process', 'failed') $$;
 
 -- What a refund sends now (see mpqr.request_target).

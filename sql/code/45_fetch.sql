@@ -16,7 +16,7 @@
 
 -- The kind that fetches a resource, by the name notifications use.
 CREATE FUNCTION mpqr.fetch_kind(resource text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT CASE resource
         WHEN 'merchant_order' THEN 'fetch_merchant_order'
@@ -29,15 +29,17 @@ $$;
 
 -- The path of a search of the payments of a reference, from an offset.
 CREATE FUNCTION mpqr.payments_search_path(reference text, page_offset integer) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT '/v1/payments/search?external_reference=' || mpqr.urlencode(reference)
-           || '&sort=date_created&criteria=asc&limit=100&offset=' || page_offset
+BEGIN
+    RETURN '/v1/payments/search?external_reference=' || mpqr.urlencode(reference)
+           || '&sort=date_created&criteria=asc&limit=100&offset=' || page_offset;
+END
 $$;
 
 -- A fetch's path, by kind and the id of its resource.
 CREATE FUNCTION mpqr.fetch_path(kind text, resource_id text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT CASE kind
         WHEN 'fetch_merchant_order' THEN '/merchant_orders/' || mpqr.urlencode(resource_id)
@@ -122,16 +124,22 @@ $$;
 -- token may not read says only "not yours, or no such id"; this tells
 -- whether the token itself still works.
 CREATE FUNCTION mpqr.queue_token_check(account text) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
-AS $$ SELECT mpqr.queue_fetch(account, 'token', 'token', trusted => true) $$;
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
+AS $$
+BEGIN
+    PERFORM mpqr.queue_fetch(account, 'token', 'token', trusted => true);
+END
+$$;
 
 -- Queue the next page of a search, from the offset the answer reached.
 CREATE FUNCTION mpqr.queue_next_page(r mpqr.requests, next_offset integer) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
-    SELECT mpqr.enqueue(r.account, r.kind, 'GET',
-                        regexp_replace(r.path, '([?&]offset=)[0-9]*', '\1' || next_offset),
-                        subject => r.subject)
+BEGIN
+    PERFORM mpqr.enqueue(r.account, r.kind, 'GET',
+                         regexp_replace(r.path, '([?&]offset=)[0-9]*', '\1' || next_offset),
+                         subject => r.subject);
+END
 $$;
 
 -- What an answer means for a read (see mpqr.kind_answer): a 2xx is applied;

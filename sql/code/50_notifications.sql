@@ -34,17 +34,19 @@ LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL SAFE;
 -- The headers kept with a notification: an allow-list.  Nothing else (no
 -- credential, no cookie, no header nobody asked for) is ever stored.
 CREATE FUNCTION mpqr.kept_headers(header_names text[], header_values text[]) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
-    SELECT coalesce(jsonb_object_agg(h.name, left(h.value, 1024)), '{}')
+BEGIN
+    RETURN (SELECT coalesce(jsonb_object_agg(h.name, left(h.value, 1024)), '{}')
       FROM unnest(header_names, header_values) AS h(name, value)
      WHERE h.name IN ('content-type', 'content-length', 'user-agent', 'x-signature', 'x-request-id',
-                      'x-retry', 'x-socket-timeout', 'x-forwarded-for', 'x-real-ip', 'x-forwarded-proto')
+                      'x-retry', 'x-socket-timeout', 'x-forwarded-for', 'x-real-ip', 'x-forwarded-proto'));
+END
 $$;
 
 -- What a notification's topic names: the resource to fetch, or a claim.
 CREATE FUNCTION mpqr.topic_resource(topic text) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$
     SELECT CASE topic
         WHEN 'merchant_order' THEN 'merchant_order'

@@ -104,8 +104,9 @@ $$;
 
 -- Insert or update a payment, unless the stored one is newer.
 CREATE FUNCTION mpqr.upsert_payment(p mpqr.payments) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
+BEGIN
     INSERT INTO mpqr.payments AS x (id, account, order_id, external_reference, merchant_order_id,
                                     mp_order_id, reference_id,
                                     status, status_detail, amount, amount_refunded, currency,
@@ -131,12 +132,13 @@ AS $$
      WHERE (excluded.last_modified IS NOT NULL
             AND (x.last_modified IS NULL OR excluded.last_modified >= x.last_modified))
         OR (excluded.last_modified IS NULL AND x.last_modified IS NULL)
-        OR mpqr.payment_rank(excluded.status) > mpqr.payment_rank(x.status)
+        OR mpqr.payment_rank(excluded.status) > mpqr.payment_rank(x.status);
+END
 $$;
 
 -- Payment statuses of money that was confirmed at some point.
 CREATE FUNCTION mpqr.money_status(status text) RETURNS boolean
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE sql IMMUTABLE CALLED ON NULL INPUT PARALLEL SAFE
 AS $$ SELECT status IN ('approved', 'refunded', 'in_mediation', 'charged_back', 'processed', 'accredited') $$;
 
 -- Recompute an order's money from its stored payments, and flag what is odd.

@@ -75,7 +75,7 @@ BEGIN
            FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND;
         IF o.status = 'queued'
-           AND mpqr.withdraw_publish(o, 'the order expired before it was sent') = 'withdrawn' THEN
+           AND mpqr.withdraw_publish(o.id, 'the order expired before it was sent') = 'withdrawn' THEN
             PERFORM mpqr.set_status(o.id, 'expired', 'expired before it was sent');
             CONTINUE;
         END IF;
@@ -144,18 +144,24 @@ $$;
 
 -- A time as the catch-up writes it: ISO 8601, in UTC.
 CREATE FUNCTION mpqr.iso_utc(t timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') $$;
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"');
+END
+$$;
 
 -- The path of one page of a window.
 CREATE FUNCTION mpqr.catchup_path(window_begin timestamptz, window_end timestamptz, page_offset integer)
 RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
 AS $$
-    SELECT '/v1/payments/search?range=date_last_updated'
+BEGIN
+    RETURN '/v1/payments/search?range=date_last_updated'
            || '&begin_date=' || mpqr.urlencode(mpqr.iso_utc(window_begin))
            || '&end_date=' || mpqr.urlencode(mpqr.iso_utc(window_end))
-           || '&sort=date_last_updated&criteria=asc&limit=100&offset=' || page_offset
+           || '&sort=date_last_updated&criteria=asc&limit=100&offset=' || page_offset;
+END
 $$;
 
 -- Start a window of the catch-up of an account, unless one is running.
@@ -220,10 +226,12 @@ $$;
 -- A page of a window failed for good: the next catch-up starts again from
 -- where the last one ended.
 CREATE FUNCTION mpqr.catchup_failed(account text, error text) RETURNS void
-LANGUAGE sql VOLATILE PARALLEL UNSAFE
+LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
+BEGIN
     UPDATE mpqr.catchups x SET window_end = NULL, error = catchup_failed.error, finished_at = now()
-     WHERE x.account = catchup_failed.account
+     WHERE x.account = catchup_failed.account;
+END
 $$;
 
 -- Start the catch-ups that are due; return when the next one is.

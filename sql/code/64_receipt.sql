@@ -2,8 +2,12 @@
 
 -- An amount as a receipt prints it.
 CREATE FUNCTION mpqr.receipt_amount(amount numeric) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-AS $$ SELECT to_char(amount, 'FM999999999990.00') $$;
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+BEGIN
+    RETURN to_char(amount, 'FM999999999990.00');
+END
+$$;
 
 -- mpqr_receipt(external_reference, account) returns a plain-text receipt of
 -- a paid order: merchant, POS, items, total, payments, and refunds if any.

@@ -57,7 +57,7 @@ CREATE INDEX requests_due ON mpqr.requests (not_before, id) WHERE state = 'queue
 CREATE INDEX requests_inflight ON mpqr.requests (lease_until) WHERE state = 'inflight';
 CREATE INDEX requests_serial ON mpqr.requests (serial_key, id)
     WHERE state IN ('queued', 'inflight') AND serial_key IS NOT NULL;
-CREATE INDEX requests_order ON mpqr.requests (order_id) WHERE order_id IS NOT NULL;
+CREATE INDEX requests_order ON mpqr.requests (order_id, id) WHERE order_id IS NOT NULL;
 -- the latest fetch of a resource: coalescing and debouncing
 CREATE INDEX requests_fetch_latest ON mpqr.requests (account, kind, subject, id)
     WHERE kind IN ('fetch_merchant_order', 'fetch_payment', 'fetch_order', 'fetch_chargeback',

@@ -81,6 +81,8 @@ COMMENT ON COLUMN mpqr.requests.lease_owner IS 'The sender incarnation that hold
 COMMENT ON COLUMN mpqr.requests.main_sent_at IS 'When the main request (not a check phase) was last sent: until it may have reached Mercado Pago, a check that finds nothing looks again';
 DROP INDEX mpqr.requests_queued;
 DROP INDEX mpqr.requests_pending_fetch;
+DROP INDEX mpqr.requests_order;
+CREATE INDEX requests_order ON mpqr.requests (order_id, id) WHERE order_id IS NOT NULL;
 CREATE INDEX requests_due ON mpqr.requests (not_before, id) WHERE state = 'queued';
 CREATE INDEX requests_fetch_latest ON mpqr.requests (account, kind, subject, id)
     WHERE kind IN ('fetch_merchant_order', 'fetch_payment', 'fetch_order', 'fetch_chargeback',
