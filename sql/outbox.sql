@@ -84,6 +84,13 @@ UPDATE mpqr.requests SET not_before = now() WHERE state = 'queued';
 SELECT id, phase, method FROM pg_temp.claim();
 SELECT pg_temp.answer(404, '{"error":"point_of_sale_in_store_order_not_found"}');
 SELECT * FROM pg_temp.r ORDER BY id DESC LIMIT 1;
+-- looked at again soon, and again while the PUT could still arrive
+SELECT not_before - now() BETWEEN interval '0' AND interval '2 seconds' AS soon
+  FROM mpqr.requests WHERE state = 'queued';
+UPDATE mpqr.requests SET not_before = now() WHERE state = 'queued';
+SELECT id, phase, method FROM pg_temp.claim();
+SELECT pg_temp.answer(404, '{"error":"point_of_sale_in_store_order_not_found"}');
+SELECT * FROM pg_temp.r ORDER BY id DESC LIMIT 1;
 SELECT pg_temp.later_is_now();
 SELECT id, phase, method FROM pg_temp.claim();
 SELECT pg_temp.answer(404);

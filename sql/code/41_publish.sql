@@ -322,8 +322,14 @@ BEGIN
             RETURN mpqr.transition(r, 'done', r.phase, NULL, http_status, body, 'found on the POS after a lost answer');
         END IF;
         IF shown IS NULL AND mpqr.may_still_arrive(r) IS NOT NULL THEN
-            -- the lost PUT may still land: look again once it cannot
-            RETURN mpqr.transition(r, 'queued', 'check_pos', mpqr.may_still_arrive(r), http_status, body,
+            -- the lost PUT may still land: look again, soon (it usually
+            -- lands within moments) and then less often, until it cannot.
+            -- The request keeps the PUT's own (missing) answer, which is what
+            -- may_still_arrive reads the next time.
+            RETURN mpqr.transition(r, 'queued', 'check_pos',
+                                   least(mpqr.may_still_arrive(r),
+                                         greatest(interval '1 second', (now() - r.main_sent_at) / 2)),
+                                   r.http_status, body,
                                    'the POS shows nothing yet; the last PUT may still arrive');
         END IF;
         RETURN mpqr.transition(r, 'queued', CASE WHEN shown IS NULL THEN 'check_paid' ELSE 'check_paid_keep' END,
