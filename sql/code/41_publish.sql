@@ -236,6 +236,8 @@ BEGIN
     -- the POS shows these orders now: what it showed before was replaced
     -- (instore: by the PUT; Orders API: it was cancelled first).  Orders put
     -- after one of them, still waiting to be sent, are not touched.
+    -- (LATERAL: the open orders of each POS, through orders_pos_open,
+    -- whatever the statistics say of a table that just grew)
     SELECT array_agg(ROW(x.id, 'cancelled', 'superseded',
                          jsonb_build_object('by', n.external_reference))::mpqr.order_move)
       INTO moves
@@ -243,12 +245,15 @@ BEGIN
               FROM generate_subscripts(live, 1) i
               JOIN mpqr.orders o ON o.id = (live[i]).order_id
              WHERE o.mode <> 'dynamic') n
-      JOIN mpqr.orders x ON x.pos_id = n.pos_id AND x.id <> n.id AND x.mode <> 'dynamic'
-                        AND x.status IN ('queued', 'published')
-     WHERE x.status = 'published'
-        OR NOT EXISTS (SELECT 1 FROM mpqr.requests q
-                        WHERE q.order_id = x.id AND q.kind = 'publish'
-                          AND q.state IN ('queued', 'inflight') AND q.id > n.request_id);
+     CROSS JOIN LATERAL (
+            SELECT x.id FROM mpqr.orders x
+             WHERE x.pos_id = n.pos_id AND x.id <> n.id AND x.mode <> 'dynamic'
+               AND x.status IN ('queued', 'published')
+               AND (x.status = 'published'
+                    OR NOT EXISTS (SELECT 1 FROM mpqr.requests q
+                                    WHERE q.order_id = x.id AND q.kind = 'publish'
+                                      AND q.state IN ('queued', 'inflight') AND q.id > n.request_id))
+            OFFSET 0) x;
     IF moves IS NOT NULL THEN
         PERFORM mpqr.advance_orders(moves);
     END IF;
