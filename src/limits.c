@@ -116,19 +116,26 @@ mpqr_take_token(PG_FUNCTION_ARGS)
  * mpqr.add_tokens(bucket text, tokens float8, cap float8) returns void
  *
  * Add credits to a bucket; a cap that is not NULL becomes the most credits
- * it keeps (what is above is dropped).
+ * it keeps (what is above is dropped); without one, the cap grows by what is
+ * added, until the next cap is set.
  */
 Datum
 mpqr_add_tokens(PG_FUNCTION_ARGS)
 {
-	MpqrTokenBucket *b = bucket_by_name(PG_GETARG_TEXT_PP(0));
+	MpqrTokenBucket *b;
 	double		tokens = PG_ARGISNULL(1) ? 0 : PG_GETARG_FLOAT8(1);
 
+	/* not strict: a NULL cap means "keep it", not "do nothing" */
+	if (PG_ARGISNULL(0))
+		PG_RETURN_VOID();
+	b = bucket_by_name(PG_GETARG_TEXT_PP(0));
 	if (b == NULL)
 		PG_RETURN_VOID();
 	SpinLockAcquire(&MpqrState->mutex);
 	if (!PG_ARGISNULL(2))
 		b->credit_cap = Max(PG_GETARG_FLOAT8(2), 0);
+	else if (b->credit_cap >= 0)
+		b->credit_cap += Max(tokens, 0);
 	b->credits = Max(b->credits + Max(tokens, 0), 0);
 	if (b->credit_cap >= 0)
 		b->credits = Min(b->credits, b->credit_cap);

@@ -207,7 +207,7 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 CREATE FUNCTION mpqr.add_tokens(bucket text, tokens double precision, burst double precision)
 RETURNS void
 AS 'MODULE_PATHNAME', 'mpqr_add_tokens'
-LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+LANGUAGE C VOLATILE CALLED ON NULL INPUT PARALLEL UNSAFE;
 
 -- True the first time it is called with this flag since the server started.
 CREATE FUNCTION mpqr.warn_once(flag integer) RETURNS boolean

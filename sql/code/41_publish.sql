@@ -215,6 +215,7 @@ LANGUAGE plpgsql VOLATILE PARALLEL UNSAFE
 AS $$
 DECLARE
     moves mpqr.order_move[];
+    published integer;
 BEGIN
     IF coalesce(array_length(live, 1), 0) = 0 THEN
         RETURN '{}'::mpqr.request_transition[];
@@ -229,9 +230,12 @@ BEGIN
              WHERE (live[i]).method = 'POST' AND (outs[i]).body IS NOT NULL) b
      WHERE x.id = b.order_id AND jsonb_typeof(b.j) = 'object';
 
-    PERFORM mpqr.advance_orders(ARRAY(
+    -- each order now waiting for its customer may bring news of resources
+    -- mpqr has not seen yet: the budget for fetching them grows with it
+    published := mpqr.advance_orders(ARRAY(
         SELECT ROW((live[i]).order_id, 'published', NULL, NULL)::mpqr.order_move
           FROM generate_subscripts(live, 1) i));
+    PERFORM mpqr.fund_unknown_fetches(published);
 
     -- the POS shows these orders now: what it showed before was replaced
     -- (instore: by the PUT; Orders API: it was cancelled first).  Orders put
