@@ -26,7 +26,11 @@ from simclient import ROOT, Sim
 LOCATION = {"street_number": "1", "street_name": "Calle", "city_name": "Palermo",
             "state_name": "Capital Federal", "latitude": -34.6, "longitude": -58.4, "reference": "x"}
 POS = "SUC001POS001"
-STUCK_POS = ["SUC001POS002", "SUC001POS003", "SUC001POS004"]
+STUCK_POS = ["SUC001POS002", "SUC001POS003", "SUC001POS004", "SUC001POS005", "SUC001POS006"]
+# the standby's orders go to POS that have shown no order yet (see notes-ops.md:
+# a publish answered 503 on a POS that shows an older order of mpqr's own
+# fails as "replaced")
+STANDBY_POS = STUCK_POS[2:]
 STUCK_PATH = "/pos/(%s)/orders" % "|".join(STUCK_POS)
 
 
@@ -40,7 +44,8 @@ def run_pg(argv, **kw):
 
 def settings_for(sim, **more):
     s = base_settings(sim)
-    s.update({"mpqr.database": "shop", "mpqr.fast_check_after": "1h"})
+    # an outage at MP (STUCK_POS) lasts as long as a test wants: no giving up
+    s.update({"mpqr.database": "shop", "mpqr.fast_check_after": "1h", "mpqr.max_attempts": 1000})
     s.update(more)
     return s
 
@@ -309,14 +314,13 @@ def test_create_extension_elsewhere_says_so(cluster):
 
 # -- 1. and 2. dump and restore --------------------------------------------
 
-def test_dump_restores_exactly_into_a_new_database(shop, tmp_path_factory):
+def test_dump_restores_exactly_into_a_new_database(shop):
     assert shop.status("shop")["database_served"] == "true"
     path = os.path.join(shop.base, "shop.dump")
     data, seqs = dump(shop, "shop", path)
     assert data["orders"] and seqs["requests_id_seq"][0] > 1
     shop.execute("CREATE DATABASE copy")
-    r = restore(shop, "copy", path)
-    assert "mpqr.database" in r.stderr      # the WARNING of a database not served
+    restore(shop, "copy", path)
     assert table_rows(shop, "copy") == (data, seqs)
     st = shop.status("copy")
     assert (st["database_served"], st["accounts_restored_copy"]) == ("false", "1")
@@ -398,9 +402,20 @@ def test_restore_in_place_after_an_accident(shop, sim):
         # loaded, the session still open: the restore is not over
         assert shop.status("shop")["restore_in_progress"] == "true"
         url = "/notifications?account=main&topic=merchant_order&id=1"
-        assert http_post(shop.listener_port, url) == 503
+        # the workers, killed by the DROP, are back, and wait
+        wait_for(lambda: shop.status("shop")["sender_pid"] and shop.status("shop")["listener_pid"], 30,
+                 what="the workers to start again")
+        assert wait_for(lambda: http_post(shop.listener_port, url), 30, what="the listener to answer") == 503
         assert table_rows(shop, "shop") == (data, seqs)
-        assert len(sim.requests()) == seen
+        # the queued publish is due, and the sender, awake, leaves it alone
+        wait_for(lambda: shop.scalar("SELECT bool_and(not_before < now() - interval '200ms') "
+                                     "FROM mpqr.requests WHERE state = 'queued'", dbname="shop"), 30,
+                 what="the queued requests to be due")
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.0:      # five of the sender's polls
+            assert len(sim.requests()) == seen
+            time.sleep(0.2)
+        assert status_of(shop, "OP-QUEUED") == "queued"
     finally:
         psql.stdin.close()
         assert psql.wait(60) == 0, psql.stderr.read()
@@ -543,16 +558,16 @@ def test_workers_wait_for_a_missing_database_with_a_backoff(nodb):
 
 def test_standby_sends_the_queued_orders_once_after_promotion(shop, sim):
     stall_publishes(sim)
-    refs = ["SB-%d" % i for i in range(len(STUCK_POS))]
-    for pos, ref in zip(STUCK_POS, refs):
+    refs = ["SB-%d" % i for i in range(len(STANDBY_POS))]
+    for pos, ref in zip(STANDBY_POS, refs):
         shop.execute("SELECT mpqr_put_order(%s, %s, 9)", (pos, ref), "shop")
-    for pos in STUCK_POS:
+    for pos in STANDBY_POS:
         sim.wait_requests(pos, 1)
 
     standby = Cluster(dict(shop.settings), name="standby")
     standby.settings.update({"port": standby.port, "unix_socket_directories": "'%s'" % standby.base,
                              "mpqr.listen_port": 0})
-    r = run_pg(["pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-d", shop.dsn()])
+    r = run_pg(["pg_basebackup", "-D", standby.data, "-R", "-X", "stream", "-c", "fast", "-d", shop.dsn()])
     assert r.returncode == 0, r.stderr
     standby.write_conf()
     standby.start()
