@@ -25,13 +25,15 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
+#include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
-#include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -89,6 +91,32 @@ MpqrWorkerRegister(const char *type, const char *function)
 }
 
 /*
+ * Does a database of this name exist?  Read with a plain scan of
+ * pg_database, as the autovacuum launcher does: a process connected to no
+ * database cannot open the catalog's indexes before the shared relcache
+ * init file exists (get_database_oid fails with "cannot read pg_class
+ * without having selected a database" on a new cluster).
+ *
+ * Caller must be inside a transaction.
+ */
+static bool
+database_exists(const char *name)
+{
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tuple;
+	bool		found = false;
+
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (!found && (tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+		found = strcmp(NameStr(((Form_pg_database) GETSTRUCT(tuple))->datname), name) == 0;
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
  * Wait for mpqr.database to exist, connected to no database (only the
  * shared catalogs), then exit so that the postmaster starts the worker
  * again, which then connects to it.  Never returns.
@@ -105,7 +133,7 @@ wait_for_database(MpqrWorkerSlot *slot)
 
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
-		exists = OidIsValid(get_database_oid(mpqr_database, true));
+		exists = database_exists(mpqr_database);
 		CommitTransactionCommand();
 
 		if (exists)

@@ -1,6 +1,6 @@
 -- mpqr upgrade from 0.1.0 to 0.2.0: the schema step.  The build appends
 -- every file of sql/code/ to it, which makes all functions, views and
--- privileges anew.  test/integration/test_upgrade.py checks that the result
+-- privileges anew.  test/integration/test_operations.py checks that the result
 -- matches a fresh install of 0.2.0, catalog for catalog, and that the data
 -- survives.
 \echo Use "ALTER EXTENSION mpqr UPDATE TO '0.2.0'" to load this file. \quit

@@ -51,3 +51,22 @@ def test_scheduled_reconcile_finds_a_lost_payment(db, sim):
         assert db.scalar("SELECT count(*) FROM mpqr.notifications") == 0
     finally:
         db.execute("SELECT cron.unschedule('mpqr-reconcile')")
+
+
+def test_readme_schedule_is_accepted_and_its_command_runs(db):
+    """The README's own cron.schedule line: pg_cron takes it, and the
+    command it stores runs (the scheduled run itself is shown above)."""
+    import os
+    import re
+    from simclient import ROOT
+    with open(os.path.join(ROOT, "README.md")) as f:
+        lines = re.findall(r"`(SELECT cron\.schedule\('mpqr-reconcile'.*?\);?)`", f.read())
+    assert len(lines) == 1, "the README shows one cron.schedule for mpqr_reconcile()"
+    db.execute("CREATE EXTENSION IF NOT EXISTS pg_cron")
+    db.execute(lines[0])
+    try:
+        schedule, command = db.execute("SELECT schedule, command FROM cron.job WHERE jobname = 'mpqr-reconcile'")[0]
+        assert "mpqr_reconcile(" in command
+        db.execute(command)
+    finally:
+        db.execute("SELECT cron.unschedule('mpqr-reconcile')")
