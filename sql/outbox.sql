@@ -115,6 +115,20 @@ SELECT pg_temp.answer(200, '{"paging":{"total":0},"results":[]}');
 SELECT * FROM pg_temp.r ORDER BY id DESC LIMIT 1;
 SELECT * FROM pg_temp.o WHERE ref = 'D';
 
+-- the POS still shows the order this one replaces (C, ours): the lost PUT
+-- did not land, so it is sent again
+SELECT mpqr_put_order('P1', 'C2', 35) > 0 AS put;
+SELECT id FROM pg_temp.claim();
+SELECT pg_temp.answer(503);
+SELECT pg_temp.later_is_now();
+SELECT id, phase FROM pg_temp.claim();
+SELECT pg_temp.answer(200, '[{"external_reference":"C"}]');
+SELECT id, phase FROM pg_temp.claim();
+SELECT pg_temp.answer(200, '{"paging":{"total":0},"results":[]}');
+SELECT id, phase, method FROM pg_temp.claim();
+SELECT pg_temp.answer(204);
+SELECT * FROM pg_temp.o WHERE ref IN ('C', 'C2');
+
 -- found paid by the check: not sent again, and the payment decides
 SELECT mpqr_put_order('P2', 'E', 50) > 0 AS put;
 SELECT id FROM pg_temp.claim();

@@ -325,6 +325,14 @@ BEGIN
         shown := CASE jsonb_typeof(j)
                      WHEN 'array' THEN j -> 0 ->> 'external_reference'
                      WHEN 'object' THEN j ->> 'external_reference' END;
+        IF shown IS NOT NULL AND shown <> o.external_reference AND EXISTS (
+               SELECT 1 FROM mpqr.orders y
+                WHERE y.account = o.account AND y.pos_id = o.pos_id
+                  AND y.external_reference = shown AND y.id < o.id) THEN
+            -- the POS still shows an earlier order of ours, the one this
+            -- PUT replaces: as if it showed nothing of this one
+            shown := NULL;
+        END IF;
         IF shown = o.external_reference THEN
             -- the PUT landed before the sender lost track of it
             t := mpqr.publish_done_batch(ARRAY[r], ARRAY[ROW(r.id, r.attempts, http_status, NULL, NULL, NULL)::mpqr.request_outcome]);
