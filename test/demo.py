@@ -91,17 +91,19 @@ def main():
         say("  committed, and the QR code of Caja 1 now shows %s %s." % (row[2], row[1]))
 
         step(4, "The customer scans the QR code with the Mercado Pago app")
-        mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
-        say("  Mercado Pago opens merchant order %s and notifies the merchant." % mo)
-        wait_for(lambda: cluster.scalar("SELECT count(*) FROM mpqr.notifications WHERE resource_id = %s",
-                                        (str(mo),)) > 0, 30, what="the first notification")
-        say("  The listener stored the notification, committed, and only then answered 200.")
-        say("  Still unpaid: an opened merchant order changes nothing.")
+        sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")
+        say("  The app shows the order. Mercado Pago makes no merchant order yet: that")
+        say("  happens at payment. Nothing has reached the merchant.")
 
         step(5, "The customer pays in the app")
-        pay = sim.pay(user_id=COLLECTOR, merchant_order_id=mo)
+        pay = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001")
+        mo = pay["merchant_order_id"]
         say("  Payment %s is approved; merchant order %s is now %s." %
             (pay["payment_id"], mo, pay.get("merchant_order_status", "closed")))
+        wait_for(lambda: cluster.scalar("SELECT count(*) FROM mpqr.notifications WHERE resource_id "
+                                        "IN (%s, %s)", (str(mo), str(pay["payment_id"]))) > 0, 30,
+                 what="the first notification")
+        say("  The listener stored the notifications, committed, and only then answered 200.")
         deadline = time.monotonic() + 60
         heard = None
         while heard is None and time.monotonic() < deadline:

@@ -147,8 +147,8 @@ def test_instore_partial_then_full_refund(accounts, sim):
     link_pos(accounts, sim, COLLECTOR, "SUC001", "SUC001POS001", "main")
     accounts.execute("SELECT mpqr_put_order('SUC001POS001', 'REF-1', 100)")
     wait_status(accounts, "REF-1", "published")
-    mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
-    p1 = sim.pay(user_id=COLLECTOR, merchant_order_id=mo, amount=60)["payment_id"]
+    first = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001", amount=60)
+    p1, mo = first["payment_id"], first["merchant_order_id"]
     p2 = sim.pay(user_id=COLLECTOR, merchant_order_id=mo, amount=40)["payment_id"]
     wait_status(accounts, "REF-1", "paid")
     wait_for(lambda: accounts.scalar("SELECT count(*) FROM mpqr.payments WHERE status = 'approved'") == 2,

@@ -18,8 +18,8 @@ def test_demo_from_a_clean_clone():
         assert proc.returncode == 0, out[-5000:]
         # the story, in order
         marks = ["CREATE EXTENSION mpqr", "mpqr_add_account", "mpqr_add_pos", "mpqr_put_order",
-                 "The order is published", "scans the QR", "stored the notification",
-                 "pays in the app", '"status": "paid"', "The order is paid", "mpqr_receipt",
+                 "The order is published", "scans the QR", "pays in the app",
+                 "stored the notification", '"status": "paid"', "The order is paid", "mpqr_receipt",
                  "RECEIPT", "2 x Pizza", "Status: PAID", "Done:"]
         pos = 0
         for m in marks:

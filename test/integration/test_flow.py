@@ -96,8 +96,12 @@ def test_instore_seed_flow(shop, sim):
     wait_status(shop, "ORDER-1001", "published")
     heard(pos_listener, "ORDER-1001", "published")
 
-    mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
-    # the scan notification is stored and fetched; an opened MO changes nothing
+    # a scan makes no merchant order (API reference §12.5): a first, rejected
+    # attempt does; its notification is stored and fetched, and an opened MO
+    # changes nothing
+    assert sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"] is None
+    rejected = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001", status="rejected")
+    mo = rejected["merchant_order_id"]
     wait_for(lambda: shop.scalar("SELECT status FROM mpqr.merchant_orders WHERE id = %s", (mo,)) == "opened",
              30, what="the opened merchant order to be fetched")
     assert order(shop, "ORDER-1001")[0] == "published"
@@ -109,8 +113,8 @@ def test_instore_seed_flow(shop, sim):
     status, paid, mp_id, _ = order(shop, "ORDER-1001")
     assert (status, float(paid), mp_id) == ("paid", 150.0, str(mo))
     p = shop.execute("SELECT id, status, amount FROM mpqr.payments WHERE order_id = "
-                     "(SELECT id FROM mpqr.orders WHERE external_reference = 'ORDER-1001')")
-    assert p == [(str(pay["payment_id"]), "approved", 150)]
+                     "(SELECT id FROM mpqr.orders WHERE external_reference = 'ORDER-1001') ORDER BY id")
+    assert p == [(str(rejected["payment_id"]), "rejected", 150), (str(pay["payment_id"]), "approved", 150)]
     assert shop.scalar("SELECT external_reference FROM mpqr.payments WHERE id = %s",
                        (str(pay["payment_id"]),)) == "ORDER-1001"
     # the notifications that made it happen were stored and triggered fetches
@@ -141,10 +145,11 @@ def test_orders_api_seed_flow(shop, sim):
 def test_notification_while_the_previous_fetch_is_in_flight(shop, sim):
     put(shop, "SUC001POS001", "INFLIGHT-1", 40)
     wait_status(shop, "INFLIGHT-1", "published")
-    # the fetch triggered by the scan is slow; the payment's notification
-    # arrives while it is still in flight, and must get a fetch of its own
+    # the fetch triggered by a first, rejected attempt is slow; the payment's
+    # notification arrives while it is still in flight, and must get a fetch
+    # of its own
     sim.fault(method="GET", path=r"^/merchant_orders/\d+$", latency_ms=2500, process=True, times=1)
-    mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
+    mo = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001", status="rejected")["merchant_order_id"]
     wait_for(lambda: shop.scalar("SELECT count(*) FROM mpqr.requests WHERE kind = 'fetch_merchant_order' "
                                  "AND subject = %s AND state = 'inflight'", (str(mo),)) == 1,
              30, what="the first fetch to be in flight")
@@ -196,8 +201,7 @@ def test_webhook_body_is_not_trusted(shop, sim):
 def test_partial_payment_leaves_it_published(shop, sim):
     put(shop, "SUC001POS001", "PART-1", 100)
     wait_status(shop, "PART-1", "published")
-    mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
-    sim.pay(user_id=COLLECTOR, merchant_order_id=mo, amount=40)
+    mo = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001", amount=40)["merchant_order_id"]
     wait_for(lambda: float(order(shop, "PART-1")[1]) == 40, 30, what="the partial amount to show")
     assert order(shop, "PART-1")[0] == "published"
     sim.pay(user_id=COLLECTOR, merchant_order_id=mo, amount=60)
@@ -208,8 +212,7 @@ def test_partial_payment_leaves_it_published(shop, sim):
 def test_duplicate_notifications_are_acknowledged_and_refetched(shop, sim):
     put(shop, "SUC001POS001", "DUP-1", 25)
     wait_status(shop, "DUP-1", "published")
-    mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
-    sim.pay(user_id=COLLECTOR, merchant_order_id=mo)
+    mo = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
     wait_status(shop, "DUP-1", "paid")
     before = shop.scalar("SELECT count(*) FROM mpqr.notifications")
     # MP delivers the same notifications again: all answered 200 and stored
@@ -233,8 +236,14 @@ def test_unknown_merchant_order_changes_nothing(shop, sim):
     wait_for(lambda: shop.scalar("SELECT state FROM mpqr.requests WHERE kind = 'fetch_merchant_order' "
                                  "AND subject = '99999999999'") in ("done", "failed"),
              30, what="the fetch of the unknown merchant order")
-    assert shop.scalar("SELECT http_status FROM mpqr.requests WHERE subject = '99999999999'") == 404
+    # MP answers 401 invalid_caller_id for a merchant order that is not the
+    # caller's, or does not exist (API reference §12.1); a stray notification
+    # must not pause the account (design §9)
+    assert shop.scalar("SELECT http_status FROM mpqr.requests WHERE subject = '99999999999'") == 401
     assert order(shop, "KNOWN-1")[0] == "published"
+    assert shop.scalar("SELECT paused_at FROM mpqr.accounts WHERE name = 'main'") is None
+    put(shop, "SUC001POS001", "KNOWN-2", 26)
+    wait_status(shop, "KNOWN-2", "published")
     assert shop.scalar("SELECT count(*) FROM mpqr.merchant_orders") == 0
 
 
@@ -251,7 +260,8 @@ def test_lost_notification_recovered_by_reconcile(shop, sim):
 def test_expiry_then_a_late_payment_is_flagged(shop, sim):
     put(shop, "SUC001POS001", "LATE-1", 70)
     wait_status(shop, "LATE-1", "published")
-    mo = sim.scan(user_id=COLLECTOR, external_pos_id="SUC001POS001")["merchant_order_id"]
+    # the customer's first attempt is rejected: that makes the merchant order
+    mo = sim.pay(user_id=COLLECTOR, external_pos_id="SUC001POS001", status="rejected")["merchant_order_id"]
     # the order reaches its expiry (the clock is moved by moving the expiry)
     shop.execute("UPDATE mpqr.orders SET expires_at = now() WHERE external_reference = 'LATE-1'")
     wait_status(shop, "LATE-1", "expired")

@@ -165,7 +165,15 @@ class Handler(BaseHTTPRequestHandler):
         if f["retry_after"] is not None:
             hdrs["Retry-After"] = str(f["retry_after"])
         body = f["body"]
-        if body is None:
+        if body is None and f["code"]:
+            # MP's error code in the envelope of the API asked (§12.7)
+            if self.path.startswith("/v1/orders"):
+                body = {"errors": [{"code": f["code"], "message": "simulated fault",
+                                    "details": []}]}
+            else:
+                body = {"message": "simulated fault", "error": f["code"], "status": st,
+                        "cause": []}
+        elif body is None:
             body = {"message": "simulated fault", "error": "simulated_%d" % st,
                     "status": st, "cause": []}
         elif isinstance(body, str):

@@ -9,9 +9,9 @@ Handlers run with State.lock held (dispatch takes it) and return
 import re
 import secrets
 
-from sim_util import (D, ApiError, cause_error, classic, decimals, integer_message,
-                      iso_mp, iso_z, is_number, loads, now, parse_iso_offset,
-                      public, emv_static_qr)
+from sim_util import (D, ApiError, cause_error, classic, decimals, forbidden_payment,
+                      integer_message, iso_mp, iso_z, is_number, loads, now, parse_iso_offset,
+                      parse_search_time, public, emv_static_qr)
 import sim_orders
 
 
@@ -53,15 +53,18 @@ def check_user(state, ctx, raw, bad_key):
         raise classic(400, bad_key, "user_id must be a number")
     if int(raw) != ctx.acct["user_id"]:
         if ctx.style == "instore":
-            raise ierr(state, 401, "invalid_access_token", "Access denied.")
+            # sandbox probe, API reference §12.6
+            raise ierr(state, 400, "bad_request", "Collector ID and Caller ID must be the same")
         raise classic(401, "unauthorized", "The user_id does not match the access token")
     return int(raw)
 
 
 def ierr(state, status, key, message):
-    """Instore v2 error; the error key is sent as "error" or "errorKey"."""
+    """Instore v2 error; the error key is sent as "error" or "errorKey", the
+    causes as "causes" (§12.7: "and sometimes causes") or "cause"."""
     keyname = state.config.get("instore_error_key") or "error"
-    return ApiError(status, {keyname: key, "message": message, "status": status, "cause": []})
+    causes = state.config.get("instore_cause_key") or "causes"
+    return ApiError(status, {keyname: key, "message": message, "status": status, causes: []})
 
 
 def page_params(ctx, default_limit):
@@ -394,9 +397,19 @@ def validate_instore_order(state, acct, body):
     if co is not None and (not isinstance(co, dict) or not is_number(co.get("amount"))):
         raise E("invalid_cash_out.amount", "cash_out.amount must be number")
     stored = {k: body[k] for k in ORDER_FIELDS if k in body}
+    return stored, static_qr_expiry(state, exp_ts)
+
+
+def static_qr_expiry(state, exp_ts):
+    """When an order on a static QR leaves it: 10 minutes by default and at
+    most 10 minutes, whatever is sent (API reference §12.4)."""
+    t = now()
     if exp_ts is None and state.config.get("instore_default_ttl"):
-        exp_ts = now() + float(state.config["instore_default_ttl"])
-    return stored, exp_ts
+        exp_ts = t + float(state.config["instore_default_ttl"])
+    cap = state.config.get("static_qr_max_ttl")
+    if cap is not None and (exp_ts is None or exp_ts > t + float(cap)):
+        exp_ts = t + float(cap)
+    return exp_ts
 
 
 def h_instore(state, ctx, uid, store_ext, pos_ext):
@@ -414,6 +427,10 @@ def h_instore(state, ctx, uid, store_ext, pos_ext):
             raise ierr(state, 404, "point_of_sale_in_store_order_not_found",
                        "No associated order found.")
         return 200, [rec["body"]], None
+    if not pos and ctx.method == "DELETE":
+        # sandbox probe, API reference §12.6
+        raise ierr(state, 400, "pos_obtainment_by_external_id_error",
+                   "Error obtaining the point of sale by external id %s" % pos_ext)
     if not pos:
         raise ierr(state, 404, "point_of_sale_not_found",
                    "Point of sale %s not found%s" % (
@@ -432,14 +449,17 @@ def h_instore(state, ctx, uid, store_ext, pos_ext):
 
 
 def h_mo_get(state, ctx, mid):
+    # GET /merchant_orders/{id} documents only 401, no 404 (§12.1): an unknown
+    # id and another collector's merchant order answer alike.
     mo = state.mos.get(int(mid)) if mid.isdigit() else None
     if not mo or mo["_user"] != ctx.acct["user_id"]:
-        raise classic(404, "not_found", "Merchant Order not found")
+        raise classic(401, "invalid_caller_id", "The caller is not authorized to access "
+                      "this resource")
     return 200, state.mo_view(mo), None
 
 
 def h_mo_search(state, ctx):
-    offset, limit = page_params(ctx, 20)
+    offset, limit = page_params(ctx, 30)  # spec3.yaml default, §12.8
     flt = {k: ctx.q(k) for k in ("external_reference", "status", "order_status",
                                  "preference_id", "site_id") if ctx.q(k) is not None}
     found = [m for m in sorted(state.mos.values(), key=lambda m: m["id"])
@@ -456,8 +476,10 @@ def h_mo_search(state, ctx):
 
 def _payment_or_404(state, ctx, pid):
     p = state.payments.get(int(pid)) if pid.isdigit() else None
-    if not p or p["_user"] != ctx.acct["user_id"]:
+    if not p:
         raise cause_error(404, "not_found", "Payment not found", 2000)
+    if p["_user"] != ctx.acct["user_id"]:
+        raise forbidden_payment()
     return p
 
 
@@ -465,17 +487,57 @@ def h_payment_get(state, ctx, pid):
     return 200, public(_payment_or_404(state, ctx, pid)), None
 
 
+SEARCH_RANGES = ("date_created", "date_approved", "date_last_updated", "money_release_date")
+SEARCH_SORTS = SEARCH_RANGES + ("id",)
+
+
 def h_payment_search(state, ctx):
+    """GET /v1/payments/search: filters, a time window on one of the range
+    fields (begin_date/end_date: ISO-8601 or NOW-3HOURS), sort and criteria,
+    limit at most 1000 and offset (§7, §12.13)."""
     offset, limit = page_params(ctx, 30)
     if limit > 1000:
         raise classic(400, "bad_request", "limit must be at most 1000")
     flt = {k: ctx.q(k) for k in ("external_reference", "status", "operation_type",
-                                 "pos_id", "store_id") if ctx.q(k) is not None}
-    found = [p for p in sorted(state.payments.values(), key=lambda p: p["id"])
-             if p["_user"] == ctx.acct["user_id"]
-             and all(str(p.get(k)) == v for k, v in flt.items())]
-    if ctx.q("criteria") == "desc":
-        found.reverse()
+                                 "pos_id", "store_id", "id", "collector_id")
+           if ctx.q(k) is not None}
+    rng = ctx.q("range")
+    begin, end = ctx.q("begin_date"), ctx.q("end_date")
+    if (begin is not None or end is not None) and rng is None:
+        raise classic(400, "bad_request", "range is required with begin_date and end_date")
+    if rng is not None and rng not in SEARCH_RANGES:
+        raise classic(400, "bad_request", "range must be one of: %s" % ", ".join(SEARCH_RANGES))
+    lo = hi = None
+    if begin is not None:
+        lo = parse_search_time(begin)
+        if lo is None:
+            raise classic(400, "bad_request", "Invalid begin_date: %s" % begin)
+    if end is not None:
+        hi = parse_search_time(end)
+        if hi is None:
+            raise classic(400, "bad_request", "Invalid end_date: %s" % end)
+    sort = ctx.q("sort", "date_created")
+    if sort not in SEARCH_SORTS:
+        raise classic(400, "bad_request", "sort must be one of: %s" % ", ".join(SEARCH_SORTS))
+    criteria = ctx.q("criteria", "asc")
+    if criteria not in ("asc", "desc"):
+        raise classic(400, "bad_request", "criteria must be asc or desc")
+
+    def when(p, field):
+        return p["id"] if field == "id" else p["_ts"].get(field)
+
+    found = []
+    for p in state.payments.values():
+        if p["_user"] != ctx.acct["user_id"]:
+            continue
+        if not all(str(p.get(k)) == v for k, v in flt.items()):
+            continue
+        if rng is not None:
+            t = when(p, rng)
+            if t is None or (lo is not None and t < lo) or (hi is not None and t > hi):
+                continue
+        found.append(p)
+    found.sort(key=lambda p: (when(p, sort) or 0, p["id"]), reverse=criteria == "desc")
     return 200, {"paging": {"total": len(found), "limit": limit, "offset": offset},
                  "results": [public(p) for p in found[offset:offset + limit]]}, None
 
@@ -494,11 +556,12 @@ def h_refund_create(state, ctx, pid):
     amount = body.get("amount")
     ikey = (ctx.acct["user_id"], "refund", key)
     fingerprint = (pay["id"], str(amount))
+    render = (ctx.headers.get("x-render-in-process-refunds") or "").lower() == "true"
     if ikey in state.idem:
         fp, status, resp = state.idem[ikey]
         if fp[0] != pay["id"]:
             raise classic(409, "conflict", "X-Idempotency-Key already used for another request")
-        return status, resp, None
+        return _refund_answer(resp, render)
     if amount is not None:
         if not is_number(amount):
             raise cause_error(400, "bad_request", "The amount must be numeric", 4041)
@@ -506,8 +569,18 @@ def h_refund_create(state, ctx, pid):
             raise cause_error(400, "bad_request", "The amount must be positive", 4040)
         amount = D(amount)
     ref = state.refund_payment(ctx.acct, pay, amount)
-    state.idem[ikey] = (fingerprint, 201, dict(ref))
-    return 201, ref, None
+    state.idem[ikey] = (fingerprint, 201, ref)
+    return _refund_answer(ref, render)
+
+
+def _refund_answer(ref, render):
+    """A refund that is in process is shown only to a caller that sends
+    X-Render-In-Process-Refunds: true; others get a 400, though MP goes on
+    with the refund (§12.2)."""
+    if ref["status"] == "in_process" and not render:
+        raise classic(400, "bad_request", "The refund is in process. Send the header "
+                      "X-Render-In-Process-Refunds: true to receive refunds in process")
+    return 201, dict(ref), None
 
 
 def h_refund_list(state, ctx, pid):
@@ -519,6 +592,25 @@ def h_refund_get(state, ctx, pid, rid):
         if str(r["id"]) == rid:
             return 200, r, None
     raise cause_error(404, "not_found", "Refund not found", 2032)
+
+
+# ------------------------------------------------------ chargebacks, users
+
+
+def h_chargeback_get(state, ctx, cid):
+    """GET /v1/chargebacks/{id}: the chargeback with its payments[] (§12.10)."""
+    cb = state.chargebacks.get(cid)
+    if not cb or cb["_user"] != ctx.acct["user_id"]:
+        raise classic(404, "not_found", "Chargeback not found")
+    return 200, public(cb), None
+
+
+def h_users_me(state, ctx):
+    """GET /users/me: the token's own account (design §9's token probe)."""
+    a = ctx.acct
+    site = state.site(a)
+    return 200, {"id": a["user_id"], "nickname": a["nickname"], "site_id": a["site_id"],
+                 "country_id": site["country2"], "email": "", "status": {"site_status": "active"}}, None
 
 
 # ------------------------------------------------------------------ routes
@@ -546,6 +638,8 @@ ROUTES = [
     ("POST", r"/v1/payments/" + S + "/refunds", h_refund_create),
     ("GET", r"/v1/payments/" + S + "/refunds", h_refund_list),
     ("GET", r"/v1/payments/" + S + "/refunds/" + S, h_refund_get),
+    ("GET", r"/v1/chargebacks/" + S, h_chargeback_get),
+    ("GET", r"/users/me", h_users_me),
 ] + sim_orders.ROUTES
 COMPILED = [(set(m.split()), re.compile(p + "$"), h) for m, p, h in ROUTES]
 
@@ -579,6 +673,8 @@ def dispatch(state, ctx):
         if ctx.acct is None:
             if ctx.style == "orders":
                 raise sim_orders.err(401, "unauthorized", "invalid access token")
+            if path.startswith("/merchant_orders"):  # §12.1: invalid_token
+                raise classic(401, "invalid_token", "invalid access token")
             raise classic(401, "unauthorized", "invalid access token")
         return h(state, ctx, *m.groups())
 

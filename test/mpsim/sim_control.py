@@ -15,11 +15,16 @@ from sim_util import D, ApiError, advance_clock, is_number, loads, public
 import sim_api
 
 
+# Transient Orders API answers to cancel and refund (§12.6), by code.
+TRANSIENT = {"processor_communication_error": 409, "post_processing_operation_pending": 409,
+             "unprocessable_entity": 422}
+
+
 class Faults:
     """Queued faults; the first matching one with times > 0 is consumed."""
 
     FIELDS = {"method", "path", "status", "times", "retry_after", "body", "drop",
-              "latency_ms", "malformed", "headers", "process"}
+              "latency_ms", "malformed", "headers", "process", "code"}
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -37,8 +42,11 @@ class Faults:
              "retry_after": spec.get("retry_after"), "body": spec.get("body"),
              "drop": bool(spec.get("drop", False)), "latency_ms": int(spec.get("latency_ms", 0)),
              "malformed": bool(spec.get("malformed", False)),
-             "headers": spec.get("headers") or {}, "process": bool(spec.get("process", False))}
+             "headers": spec.get("headers") or {}, "process": bool(spec.get("process", False)),
+             "code": spec.get("code")}
         re.compile(f["path"])
+        if f["status"] is None and f["code"] in TRANSIENT:
+            f["status"] = TRANSIENT[f["code"]]
         if f["status"] is None and not (f["drop"] or f["malformed"] or f["latency_ms"]):
             raise ValueError("a fault needs status, drop, malformed or latency_ms")
         with self.lock:
@@ -98,7 +106,8 @@ def _need(body, *names):
 
 
 def _mo_or_pos(st, body):
-    """The merchant order named by merchant_order_id, or a new scan of a POS."""
+    """The merchant order named by merchant_order_id, or the one a payment of
+    the POS's current order joins (created now, or at scan with mo_at_scan)."""
     acct = st.account(body["user_id"])
     if body.get("merchant_order_id") is not None:
         mo = st.mos.get(int(body["merchant_order_id"]))
@@ -109,7 +118,7 @@ def _mo_or_pos(st, body):
     rec = st.current_pos_order(acct["user_id"], body["external_pos_id"])
     if not rec:
         raise ApiError(404, {"error": "nothing on that POS"})
-    return acct, st.scan_instore(acct, rec)
+    return acct, st.mo_for_payment(acct, rec)
 
 
 def c_scan(app, body):
@@ -125,6 +134,9 @@ def c_scan(app, body):
         return 200, {"order_id": order["id"]}
     if rec:
         mo = st.scan_instore(acct, rec)
+        if mo is None:  # no merchant order until a payment (§12.5)
+            return 200, {"scanned": True, "merchant_order_id": None,
+                         "external_reference": rec["body"].get("external_reference")}
         return 200, {"merchant_order_id": mo["id"]}
     if body.get("wait"):
         st.pending_scans.add((uid, ext))
@@ -151,11 +163,13 @@ def c_pay(app, body):
         if not o or o["_user"] != acct["user_id"]:
             raise ApiError(404, {"error": "unknown order"})
         pay = st.order_pay(acct, o, amount, status, late=bool(body.get("late")),
-                           operation_type=body.get("operation_type"))
+                           operation_type=body.get("operation_type"),
+                           payment_method_id=body.get("payment_method_id"))
         return 200, {"payment_id": pay["id"], "order_id": o["id"], "status": pay["status"],
                      "order_status": o["status"]}
     acct, mo = _mo_or_pos(st, body)
-    pay = st.pay_mo(acct, mo, amount, status, body.get("operation_type"))
+    pay = st.pay_mo(acct, mo, amount, status, body.get("operation_type"),
+                    body.get("payment_method_id"))
     return 200, {"payment_id": pay["id"], "merchant_order_id": mo["id"],
                  "status": pay["status"], "merchant_order_status": mo["status"],
                  "order_status": mo["order_status"]}
@@ -196,8 +210,14 @@ def c_chargeback(app, body):
     status = body.get("status", "charged_back")
     if status not in ("charged_back", "in_mediation"):
         raise ValueError("status must be charged_back or in_mediation")
-    st.set_payment_status(pay, status, body.get("status_detail"))
-    return 200, public(pay)
+    cb = st.open_chargeback(pay, status)
+    return 200, dict(public(pay), chargeback_id=cb["id"])
+
+
+def c_claim(app, body):
+    st = app.state
+    claim = st.open_claim(_payment(st, body))
+    return 200, public(claim)
 
 
 def c_payment_status(app, body):
@@ -209,14 +229,27 @@ def c_payment_status(app, body):
 
 
 def c_complete_refunds(app, body):
+    """Finish refunds in process: Orders API refunds (processing -> processed)
+    and Payments API refunds (in_process -> approved, or "status":"rejected")."""
     st = app.state
-    done = []
-    for o in list(st.orders.values()):
-        if body.get("order_id") and o["id"] != body["order_id"]:
-            continue
-        if st.order_complete_refunds(o):
-            done.append(o["id"])
-    return 200, {"completed": done}
+    status = body.get("status", "approved")
+    if status not in ("approved", "rejected"):
+        raise ValueError("status must be approved or rejected")
+    done, refunds = [], []
+    if not body.get("payment_id"):
+        for o in list(st.orders.values()):
+            if body.get("order_id") and o["id"] != body["order_id"]:
+                continue
+            if st.order_complete_refunds(o):
+                done.append(o["id"])
+    if not body.get("order_id"):
+        for pay in list(st.payments.values()):
+            if body.get("payment_id") and pay["id"] != int(body["payment_id"]):
+                continue
+            for r in list(pay["refunds"]):
+                if st.finish_refund(pay, r, status):
+                    refunds.append(r["id"])
+    return 200, {"completed": done, "payment_refunds": refunds}
 
 
 def c_notify(app, body):
@@ -289,8 +322,8 @@ def _route(app, method, path, query, body):
     st = app.state
     name = path[len("/_sim/"):].strip("/")
     posting = method == "POST"
-    if name == "health":
-        return 200, {"ok": True}
+    if name == "health":  # pending: deliveries queued or in flight
+        return 200, {"ok": True, "pending": app.notifier.pending()}
     if name == "reset" and posting:
         st.reset()
         app.faults.clear()
@@ -346,6 +379,7 @@ def _route(app, method, path, query, body):
         return 200, st.dump()
     handlers = {"scan": c_scan, "pay": c_pay, "expire": c_expire, "chargeback": c_chargeback,
                 "payment_status": c_payment_status, "complete_refunds": c_complete_refunds,
+                "claim": c_claim,
                 "notify": c_notify, "config": c_config, "clock": c_clock}
     if name in handlers:
         if not posting:

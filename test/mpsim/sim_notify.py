@@ -223,6 +223,22 @@ class Notifier:
             out.append(("webhook", acct["webhook_url"]))
         return out
 
+    @staticmethod
+    def _sign(acct, data_id, flag):
+        """The x-signature of a QR webhook, per the account's `signature`
+        (§12.3: QR notifications may not verify): valid (the secret),
+        invalid (another key), none (no header).  sign_orders/sign_payments
+        false still mean none."""
+        mode = acct.get("signature") or "valid"
+        if not acct.get(flag, True):
+            mode = "none"
+        if mode == "none" or (mode == "valid" and not acct.get("webhook_secret")):
+            return None
+        if acct.get("sign_lowercase"):
+            data_id = data_id.lower()
+        secret = acct["webhook_secret"] if mode == "valid" else secrets.token_hex(16)
+        return {"secret": secret, "data_id": data_id}
+
     def _ipn(self, url, topic, rid, body, acct):
         # MP sends an x-signature on IPN too, but it cannot be validated.
         self.submit(add_query(url, [("topic", topic), ("id", str(rid))]), body,
@@ -265,10 +281,7 @@ class Notifier:
                         "data": {"id": pid}, "date_created": iso_mp(),
                         "id": next(self.notif_ids), "live_mode": acct["live_mode"],
                         "type": "payment", "user_id": acct["user_id"]}
-                sign = None
-                if acct.get("webhook_secret") and acct.get("sign_payments", True):
-                    sign = {"secret": acct["webhook_secret"],
-                            "data_id": pid.lower() if acct.get("sign_lowercase") else pid}
+                sign = self._sign(acct, pid, "sign_payments")
                 self.submit(add_query(url, [("data.id", pid), ("type", "payment")]), body,
                             {"kind": "webhook", "topic": "payment", "resource_id": pid,
                              "action": action, "user_id": acct["user_id"]}, sign=sign)
@@ -291,11 +304,35 @@ class Notifier:
                 "application_id": str(acct["application_id"]), "data": data,
                 "date_created": iso_z(nanos=True), "live_mode": acct["live_mode"],
                 "type": "order", "user_id": str(acct["user_id"])}
-        sign = None
-        if acct.get("webhook_secret") and acct.get("sign_orders", True):
-            sign = {"secret": acct["webhook_secret"],
-                    "data_id": oid.lower() if acct.get("sign_lowercase") else oid}
+        sign = self._sign(acct, oid, "sign_orders")
         self.submit(add_query(url, [("data.id", oid), ("type", "order")]), body,
                     {"kind": "webhook", "topic": "order", "resource_id": oid,
                      "action": action, "user_id": acct["user_id"]}, sign=sign)
 
+
+    def chargeback(self, acct, cb, notification_url=None):
+        """Announce a chargeback: IPN ?topic=chargebacks&id=<chargeback id> (§12.10)."""
+        if ("ipn", "chargebacks") not in acct["_notify"]:
+            return
+        for chan, url in self._targets(acct, notification_url):
+            if chan == "ipn":
+                self._ipn(url, "chargebacks", cb["id"],
+                          {"resource": cb["id"], "topic": "chargebacks"}, acct)
+
+    def claim(self, acct, claim):
+        """Announce a claim: webhook type topic_claims_integration_wh (§12.10),
+        to the account's webhook URL, shaped like the other QR webhooks."""
+        url = acct.get("webhook_url")
+        if not url or ("webhook", "claims") not in acct["_notify"]:
+            return
+        cid = claim["id"]
+        body = {"action": "created", "api_version": "v1",
+                "application_id": str(acct["application_id"]),
+                "data": {"id": cid}, "date_created": iso_mp(),
+                "id": next(self.notif_ids), "live_mode": acct["live_mode"],
+                "resource": "/v1/claims/%s" % cid,
+                "type": "topic_claims_integration_wh", "user_id": acct["user_id"]}
+        self.submit(add_query(url, [("data.id", cid), ("type", "topic_claims_integration_wh")]),
+                    body, {"kind": "webhook", "topic": "topic_claims_integration_wh",
+                           "resource_id": cid, "action": "created", "user_id": acct["user_id"]},
+                    sign=self._sign(acct, cid, "sign_payments"))

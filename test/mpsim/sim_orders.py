@@ -11,8 +11,8 @@ import json
 import re
 from decimal import Decimal
 
-from sim_util import (D, amount_str, integer_message, iso_z, now, orders_err,
-                      parse_amount_str, parse_duration, public, ulid, emv_static_qr)
+from sim_util import (D, amount_str, emv_dynamic_qr, integer_message, iso_z, now, orders_err,
+                      parse_amount_str, parse_duration, public, ulid)
 
 ORDER_ID_RE = re.compile(r"^ORD(TST)?[0-9A-HJKMNP-TV-Z]{26}$")
 REF_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -63,6 +63,48 @@ def _amount(text, field, integer, currency):
     return v
 
 
+# The properties a QR order may carry (§4.4); any other is answered with 400
+# unsupported_properties, e.g. $.notification_url (§12.7).
+KNOWN = {
+    "$": {"type", "external_reference", "config", "transactions", "total_amount",
+          "description", "expiration_time", "items", "discounts", "integration_data",
+          "taxes", "processing_mode"},
+    "$.config": {"qr"},
+    "$.config.qr": {"external_pos_id", "mode"},
+    "$.transactions": {"payments", "cash_outs"},
+    "$.transactions.payments[]": {"amount"},
+    "$.items[]": {"title", "unit_price", "quantity", "unit_measure", "external_code",
+                  "external_categories", "description", "picture_url"},
+    "$.integration_data": {"platform_id", "integrator_id", "sponsor"},
+    "$.discounts": {"payment_methods"},
+}
+
+MIN_EXPIRY = 30                 # PT30S (§12.4)
+MAX_EXPIRY = 3600 * 3600        # PT3600H
+STATIC_MAX_DEFAULT = 600        # a static QR order: 10 minutes, default and cap
+
+
+def unsupported(body):
+    """The JSON paths of the properties MP does not know, in order."""
+    out = []
+
+    def walk(obj, path):
+        if path not in KNOWN or not isinstance(obj, dict):
+            return
+        for k, v in obj.items():
+            if k not in KNOWN[path]:
+                out.append("%s.%s" % (path, k))
+                continue
+            sub = "%s.%s" % (path, k)
+            if isinstance(v, list):
+                for it in v:
+                    walk(it, sub + "[]")
+            else:
+                walk(v, sub)
+    walk(body, "$")
+    return out
+
+
 def h_create(state, ctx):
     key = _key(ctx)
     body = ctx.json()
@@ -76,6 +118,10 @@ def h_create(state, ctx):
     integer, cur = site["integer"], site["currency"]
     if not isinstance(body, dict):
         raise err(400, "invalid_request", "The body must be a JSON object")
+    extra = unsupported(body)
+    if extra:
+        raise err(400, "unsupported_properties", "unsupported properties: %s"
+                  % ", ".join(extra), extra)
     missing = [p for p in ("type", "external_reference", "config", "transactions")
                if p not in body]
     if missing:
@@ -119,11 +165,17 @@ def h_create(state, ctx):
     desc = body.get("description")
     if desc is not None and (not isinstance(desc, str) or len(desc) > 150):
         raise _invalid("description must be a string of up to 150 characters", "description")
-    exp = body.get("expiration_time", "PT15M")
+    cap = state.config.get("static_qr_max_ttl", STATIC_MAX_DEFAULT)
+    static = mode == "static" and cap is not None
+    exp = body.get("expiration_time", "PT10M" if static else "PT15M")
     secs = parse_duration(exp)
-    if secs is None or secs <= 0:
+    if secs is None:
         raise _invalid("expiration_time must be an ISO-8601 duration such as PT15M",
                        "expiration_time")
+    if secs < MIN_EXPIRY or secs > MAX_EXPIRY:
+        raise _invalid("expiration_time must be between PT30S and PT3600H", "expiration_time")
+    if static:
+        secs = min(secs, float(cap))
     items = body.get("items")
     if items is not None:
         if not isinstance(items, list):
@@ -171,8 +223,8 @@ def h_create(state, ctx):
         if k in body:
             order[k] = body[k]
     if mode != "static":
-        order["type_response"] = {"qr_data": emv_static_qr(pos["id"], pos["name"], site)
-                                  .replace("010211", "010212", 1)}
+        order["type_response"] = {"qr_data": emv_dynamic_qr(
+            oid, pos["name"], site, amount_str(total, integer))}
     order.update({"_user": uid, "_expires_at": t + secs, "_version": 1,
                   "_pos_id": pos["id"], "_store_id": pos["store_id"]})
     state.orders[oid] = order

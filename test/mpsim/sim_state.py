@@ -13,12 +13,13 @@ import secrets
 import threading
 from decimal import Decimal
 
-from sim_util import (D, SITES, ApiError, amount_str, classic, cause_error, iso_mp,
-                      iso_z, now, out_amount, public, reset_clock)
+from sim_util import (D, DATE_STYLES, SITES, ApiError, amount_str, classic, cause_error,
+                      iso_mp, iso_z, now, out_amount, public, reset_clock)
 
 NOTIFY_KINDS = {
-    "ipn": {("ipn", "merchant_order"), ("ipn", "payment")},
-    "webhook": {("webhook", "merchant_order"), ("webhook", "payment"), ("webhook", "order")},
+    "ipn": {("ipn", "merchant_order"), ("ipn", "payment"), ("ipn", "chargebacks")},
+    "webhook": {("webhook", "merchant_order"), ("webhook", "payment"), ("webhook", "order"),
+                ("webhook", "claims")},
 }
 
 PAYMENT_DETAIL = {"approved": "accredited", "rejected": "cc_rejected_other_reason",
@@ -27,10 +28,22 @@ PAYMENT_DETAIL = {"approved": "accredited", "rejected": "cc_rejected_other_reaso
                   "in_mediation": "in_process", "charged_back": "reimbursed",
                   "refunded": "refunded"}
 
+# payment_method_id -> payment_type_id.  Pix refunds may stay in process (§12.2).
+PAYMENT_METHODS = {"account_money": "account_money", "pix": "bank_transfer",
+                   "debit_card": "debit_card"}
+
 # Payment statuses whose money reached the collector at some point.
 MONEY_STATUSES = ("approved", "in_mediation", "charged_back", "refunded")
 
-DEFAULT_CONFIG = {"instore_default_ttl": None, "instore_error_key": "error"}
+# API reference §12: merchant orders are created at payment (mo_at_scan: true
+# brings back the scan-time MOs of §5.5), their payments[] may lag the payment
+# by mo_payment_lag seconds, and an order on a static QR lives 10 minutes by
+# default and at most (static_qr_max_ttl; null lifts the cap).
+DEFAULT_CONFIG = {"instore_default_ttl": 600, "instore_error_key": "error",
+                  "instore_cause_key": "causes", "static_qr_max_ttl": 600,
+                  "mo_at_scan": False, "mo_payment_lag": 0}
+
+SIGNATURES = ("valid", "invalid", "none")
 
 
 def parse_notify(spec):
@@ -73,6 +86,11 @@ class State:
             self.mo_ids = itertools.count(15140831325)
             self.pay_ids = itertools.count(72048446488)
             self.refund_ids = itertools.count(1627096680)
+            self.chargebacks = {}
+            self.chargeback_ids = itertools.count(2400000001)
+            self.claims = {}
+            self.claim_ids = itertools.count(5000000001)
+            self.refund_due = {}
             self.seq = itertools.count(1)
             reset_clock()
 
@@ -87,13 +105,22 @@ class State:
                         "application_id": str(7364289770550000 + uid % 10000),
                         "nickname": "TESTUSER%d" % uid, "live_mode": False,
                         "orders_partial_refunds": False, "orders_refund_delay": None,
-                        "orders_min_amount": None}
+                        "orders_min_amount": None, "signature": "valid",
+                        "payment_method_id": "account_money", "pix_refund_delay": None,
+                        "date_format": "offset"}
             for k, v in spec.items():
                 if k in ("user_id", "token", "tokens"):
                     continue
                 if k not in acct:
                     raise ValueError("unknown account field %r" % k)
                 acct[k] = v
+            if acct["signature"] not in SIGNATURES:
+                raise ValueError("signature must be one of %s" % ", ".join(SIGNATURES))
+            if acct["date_format"] not in DATE_STYLES:
+                raise ValueError("date_format must be one of %s" % ", ".join(DATE_STYLES))
+            if acct["payment_method_id"] not in PAYMENT_METHODS:
+                raise ValueError("payment_method_id must be one of %s"
+                                 % ", ".join(sorted(PAYMENT_METHODS)))
             if acct["site_id"] not in SITES:
                 raise ValueError("unknown site_id %r" % acct["site_id"])
             acct["_notify"] = parse_notify(acct["notify"])
@@ -120,6 +147,10 @@ class State:
 
     def site(self, acct):
         return SITES[acct["site_id"]]
+
+    def date(self, acct, ts=None):
+        """A classic-API date of this account's resources, in its date_format."""
+        return iso_mp(ts, acct.get("date_format") or "offset")
 
     # ------------------------------------------------------------ stores/pos
 
@@ -172,14 +203,35 @@ class State:
         for mo in list(self.mos.values()):
             if mo["_pos_order_seq"] != rec["_seq"] or mo["status"] != "opened":
                 continue
-            live = [p for p in self._mo_payments(mo)
+            live = [p for p in self._mo_payments(mo, all_=True)
                     if p["status"] in ("approved", "pending", "in_process", "authorized")]
             if not live:
                 mo["_expired"] = True
                 self.recompute_mo(mo)
 
     def scan_instore(self, acct, rec):
-        """The buyer scanned the QR: a new merchant order for the POS's order."""
+        """The buyer scanned the QR.  With mo_at_scan (the behaviour before
+        2024-08, §5.5) each scan creates a merchant order; today none is made
+        until a payment (§12.5), so this returns None."""
+        if not self.config.get("mo_at_scan"):
+            return None
+        return self.new_mo(acct, rec)
+
+    def mo_for_payment(self, acct, rec):
+        """The merchant order a payment of the POS's order joins: with
+        mo_at_scan a new one per scan; otherwise the one the order's first
+        payment created, or a new one now (§12.5)."""
+        if self.config.get("mo_at_scan"):
+            return self.new_mo(acct, rec)
+        mo = self.mos.get(rec.get("_mo_id"))
+        if mo is None or mo["status"] != "opened":
+            # announced as "create" once the payment is on it (pay_mo)
+            mo = self.new_mo(acct, rec, announce=False)
+            rec["_mo_id"] = mo["id"]
+        return mo
+
+    def new_mo(self, acct, rec, announce=True):
+        """A new merchant order for the order on a POS, announced as "create"."""
         body = rec["body"]
         site = self.site(acct)
         items = []
@@ -195,7 +247,7 @@ class State:
               "payments": [], "shipments": [], "payouts": [],
               "collector": {"id": acct["user_id"], "email": "", "nickname": acct["nickname"]},
               "marketplace": "NONE", "notification_url": body.get("notification_url"),
-              "date_created": iso_mp(ts), "last_updated": iso_mp(ts),
+              "date_created": self.date(acct, ts), "last_updated": self.date(acct, ts),
               "sponsor_id": (body.get("sponsor") or {}).get("id"),
               "shipping_cost": 0, "total_amount": body["total_amount"], "site_id": acct["site_id"],
               "paid_amount": 0, "refunded_amount": 0, "payer": None, "items": items,
@@ -206,11 +258,19 @@ class State:
               "_store_id": rec["store_id"], "_expired": False, "_version": 1,
               "_payment_ids": [], "_title": body.get("title")}
         self.mos[mo["id"]] = mo
-        self.notifier.merchant_order(acct, mo, "create")
+        if announce:
+            self.notifier.merchant_order(acct, mo, "create")
+        else:
+            mo["_announce"] = True
         return mo
 
-    def _mo_payments(self, mo):
-        return [self.payments[i] for i in mo["_payment_ids"]]
+    def _mo_payments(self, mo, all_=False):
+        """The payments the MO shows: those past their mo_payment_lag (§12.5),
+        or with all_ every payment made on it."""
+        pays = [self.payments[i] for i in mo["_payment_ids"]]
+        if all_:
+            return pays
+        return [p for p in pays if p.get("_mo_visible_at") is None]
 
     def mo_view(self, mo):
         v = public(mo)
@@ -260,34 +320,46 @@ class State:
         mo["paid_amount"] = out_amount(covered)
         mo["refunded_amount"] = out_amount(refunded)
         new = (mo["status"], mo["order_status"], mo["paid_amount"], mo["refunded_amount"])
-        if not was_closed and mo["status"] == "closed":
-            cur = self.pos_orders.get(mo["_pos_key"])
-            if cur and cur["_seq"] == mo["_pos_order_seq"]:
-                del self.pos_orders[mo["_pos_key"]]
+        self._settle_pos(mo)
         if notify:
-            mo["last_updated"] = iso_mp()
+            mo["last_updated"] = self.date(self.accounts[mo["_user"]])
             mo["_version"] += 1
             self.notifier.merchant_order(self.accounts[mo["_user"]], mo, "update")
         return old != new
+
+    def _settle_pos(self, mo):
+        """Once the money paid covers the order, it leaves the POS, whether or
+        not the MO shows the payments yet."""
+        covered = sum((D(p["transaction_amount"]) for p in self._mo_payments(mo, all_=True)
+                       if p["status"] in MONEY_STATUSES), Decimal(0))
+        if covered > 0 and covered >= D(mo["total_amount"]):
+            cur = self.pos_orders.get(mo["_pos_key"])
+            if cur and cur["_seq"] == mo["_pos_order_seq"]:
+                del self.pos_orders[mo["_pos_key"]]
 
     # -------------------------------------------------------------- payments
 
     def new_payment(self, acct, amount, status, external_reference, description=None,
                     operation_type="regular_payment", mo=None, notification_url=None,
-                    pos_id=None, store_id=None, order_ref=None):
+                    pos_id=None, store_id=None, order_ref=None, payment_method_id=None):
         ts = now()
         site = self.site(acct)
         amt = out_amount(amount)
         pid = next(self.pay_ids)
+        method = payment_method_id or acct.get("payment_method_id") or "account_money"
+        if method not in PAYMENT_METHODS:
+            raise ValueError("payment_method_id must be one of %s"
+                             % ", ".join(sorted(PAYMENT_METHODS)))
+        approved = status == "approved"
         pay = {
-            "id": pid, "date_created": iso_mp(ts),
-            "date_approved": iso_mp(ts) if status == "approved" else None,
-            "date_last_updated": iso_mp(ts), "date_of_expiration": None,
-            "money_release_date": iso_mp(ts) if status == "approved" else None,
+            "id": pid, "date_created": self.date(acct, ts),
+            "date_approved": self.date(acct, ts) if approved else None,
+            "date_last_updated": self.date(acct, ts), "date_of_expiration": None,
+            "money_release_date": self.date(acct, ts) if approved else None,
             "money_release_status": "released" if status == "approved" else None,
             "operation_type": operation_type, "issuer_id": None,
-            "payment_method_id": "account_money", "payment_type_id": "account_money",
-            "payment_method": {"id": "account_money", "type": "account_money"},
+            "payment_method_id": method, "payment_type_id": PAYMENT_METHODS[method],
+            "payment_method": {"id": method, "type": PAYMENT_METHODS[method]},
             "status": status, "status_detail": PAYMENT_DETAIL.get(status, status),
             "currency_id": site["currency"], "description": description,
             "live_mode": acct["live_mode"], "sponsor_id": None, "authorization_code": None,
@@ -315,12 +387,15 @@ class State:
                                      "business_info": {"unit": "online_payments",
                                                        "sub_unit": "qr"}},
             "_user": acct["user_id"], "_mo": mo["id"] if mo else None, "_order": order_ref,
-            "_idem": {},
+            "_idem": {}, "_ts": {"date_created": ts, "date_last_updated": ts,
+                                 "date_approved": ts if approved else None,
+                                 "money_release_date": ts if approved else None},
         }
         self.payments[pid] = pay
         return pay
 
-    def pay_mo(self, acct, mo, amount=None, status="approved", operation_type=None):
+    def pay_mo(self, acct, mo, amount=None, status="approved", operation_type=None,
+               payment_method_id=None):
         """The buyer pays (or tries to pay) a merchant order."""
         pays = self._mo_payments(mo)
         covered = sum((D(p["transaction_amount"]) for p in pays
@@ -333,16 +408,25 @@ class State:
                                description=mo.get("_title"),
                                operation_type=operation_type or "regular_payment", mo=mo,
                                notification_url=mo.get("notification_url"),
-                               pos_id=mo["_pos_id"], store_id=mo["_store_id"])
+                               pos_id=mo["_pos_id"], store_id=mo["_store_id"],
+                               payment_method_id=payment_method_id)
         mo["_payment_ids"].append(pay["id"])
+        lag = float(self.config.get("mo_payment_lag") or 0)
+        if lag > 0:
+            pay["_mo_visible_at"] = now() + lag
         self.notifier.payment(acct, pay, "payment.created")
-        self.recompute_mo(mo)
+        if mo.pop("_announce", False):
+            self.recompute_mo(mo, notify=False)
+            self.notifier.merchant_order(acct, mo, "create")
+        else:
+            self.recompute_mo(mo)
         return pay
 
     def payment_changed(self, pay):
         """Propagate a payment change: its notifications and its merchant order."""
         acct = self.accounts[pay["_user"]]
-        pay["date_last_updated"] = iso_mp()
+        pay["_ts"]["date_last_updated"] = now()
+        pay["date_last_updated"] = self.date(acct)
         if pay["_order"] is None:  # Orders API payments are announced as order events
             self.notifier.payment(acct, pay, "payment.updated")
         if pay["_mo"] is not None:
@@ -352,21 +436,32 @@ class State:
         pay["status"] = status
         pay["status_detail"] = detail or PAYMENT_DETAIL.get(status, status)
         if status == "approved" and not pay["date_approved"]:
-            pay["date_approved"] = iso_mp()
+            acct = self.accounts[pay["_user"]]
+            pay["_ts"]["date_approved"] = pay["_ts"]["money_release_date"] = now()
+            pay["date_approved"] = self.date(acct)
+            pay["money_release_date"] = self.date(acct)
             amt = pay["transaction_amount"]
             pay["transaction_details"]["net_received_amount"] = amt
             pay["transaction_details"]["installment_amount"] = amt
         self.payment_changed(pay)
 
-    def refund_payment(self, acct, pay, amount):
-        """Refund amount (None = the rest) of an approved payment; return the refund."""
+    def refund_payment(self, acct, pay, amount, at_once=False):
+        """Refund amount (None = the rest) of an approved payment; return the refund.
+
+        A refund of a Pix payment is in process (§12.2): it is made with
+        status in_process, holds its amount (what is left to refund excludes
+        it), and is approved after the account's pix_refund_delay, or by
+        /_sim/complete_refunds.  Other refunds are approved at once.
+        """
         if pay["status"] != "approved":
             raise cause_error(400, "bad_request", "Invalid refund: the action requested is "
                               "not valid for the current payment state", 2063)
-        remaining = D(pay["transaction_amount"]) - D(pay["transaction_amount_refunded"])
+        held = sum((D(r["amount"]) for r in pay["refunds"] if r["status"] == "in_process"),
+                   Decimal(0))
+        remaining = D(pay["transaction_amount"]) - D(pay["transaction_amount_refunded"]) - held
         if amount is None:
             amount = remaining
-        if amount > remaining:
+        if amount <= 0 or amount > remaining:
             raise cause_error(400, "bad_request", "Invalid refund amount: the amount exceeds "
                               "the available amount to refund", 2085)
         integer = self.site(acct)["integer"]
@@ -374,24 +469,80 @@ class State:
             raise classic(400, "bad_request",
                           "Prices in %s currency must be expressed with integer values"
                           % self.site(acct)["currency"])
+        in_process = pay["payment_method_id"] == "pix" and not at_once
         ref = {"id": next(self.refund_ids), "payment_id": pay["id"], "amount": out_amount(amount),
                "metadata": {"status_detail": None},
                "source": {"id": str(acct["user_id"]), "name": acct["nickname"],
                           "type": "collector"},
-               "date_created": iso_mp(), "expiration_date": None,
+               "date_created": self.date(acct), "expiration_date": None,
                "unique_sequence_number": None, "refund_mode": "standard",
-               "adjustment_amount": 0, "status": "approved", "reason": None, "labels": [],
-               "amount_refunded_to_payer": out_amount(amount), "additional_data": None,
-               "e2e_id": None, "partition_details": []}
+               "adjustment_amount": 0, "status": "in_process" if in_process else "approved",
+               "reason": None, "labels": [],
+               "amount_refunded_to_payer": 0 if in_process else out_amount(amount),
+               "additional_data": None, "e2e_id": None, "partition_details": []}
         pay["refunds"].append(ref)
+        if in_process:
+            delay = acct.get("pix_refund_delay")
+            if delay is not None:
+                self.refund_due[ref["id"]] = (pay["id"], now() + float(delay))
+        else:
+            self._refund_settled(pay, ref)
+        self.payment_changed(pay)
+        return ref
+
+    def _refund_settled(self, pay, ref):
+        """An approved refund's money leaves the payment."""
+        amount = D(ref["amount"])
         pay["transaction_amount_refunded"] = out_amount(
             D(pay["transaction_amount_refunded"]) + amount)
         if D(pay["transaction_amount_refunded"]) >= D(pay["transaction_amount"]):
             pay["status"], pay["status_detail"] = "refunded", "refunded"
         else:
             pay["status_detail"] = "partially_refunded"
+
+    def finish_refund(self, pay, ref, status="approved"):
+        """An in-process refund ends approved (the money is returned) or
+        rejected (its amount is free again); the payment is announced."""
+        if ref["status"] != "in_process":
+            return False
+        self.refund_due.pop(ref["id"], None)
+        ref["status"] = status
+        if status == "approved":
+            ref["amount_refunded_to_payer"] = ref["amount"]
+            self._refund_settled(pay, ref)
         self.payment_changed(pay)
-        return ref
+        return True
+
+    # ----------------------------------------------------- chargebacks, claims
+
+    def open_chargeback(self, pay, status="charged_back"):
+        """The buyer disputes a payment: a chargeback naming it, announced by
+        IPN topic=chargebacks&id=<chargeback id> (§12.10), and the payment
+        becomes charged_back (or in_mediation)."""
+        acct = self.accounts[pay["_user"]]
+        ts = now()
+        cid = str(next(self.chargeback_ids))
+        cb = {"id": cid, "payments": [pay["id"]], "currency": pay["currency_id"],
+              "amount": pay["transaction_amount"], "coverage_applied": False,
+              "coverage_elegible": True, "documentation_required": True,
+              "documentation_status": "pending", "documentation": [],
+              "date_documentation_deadline": self.date(acct, ts + 10 * 86400),
+              "date_created": self.date(acct, ts), "date_last_updated": self.date(acct, ts),
+              "live_mode": acct["live_mode"], "_user": acct["user_id"]}
+        self.chargebacks[cid] = cb
+        self.set_payment_status(pay, status)
+        self.notifier.chargeback(acct, cb, pay.get("notification_url"))
+        return cb
+
+    def open_claim(self, pay):
+        """The buyer opens a claim on a payment: webhook topic_claims_integration_wh."""
+        acct = self.accounts[pay["_user"]]
+        cid = str(next(self.claim_ids))
+        claim = {"id": cid, "resource_id": pay["id"], "type": "mediations", "stage": "claim",
+                 "status": "opened", "date_created": self.date(acct), "_user": acct["user_id"]}
+        self.claims[cid] = claim
+        self.notifier.claim(acct, claim)
+        return claim
 
     # ---------------------------------------------------------- orders API
 
@@ -415,7 +566,7 @@ class State:
         self.order_touch(order, "order.expired")
 
     def order_pay(self, acct, order, amount=None, status="approved", late=False,
-                  operation_type=None):
+                  operation_type=None, payment_method_id=None):
         if order["status"] != "created" and not late:
             raise ApiError(409, {"error": "order is %s (pass late:true to pay anyway)"
                                  % order["status"]})
@@ -426,13 +577,13 @@ class State:
                                description=order.get("description"),
                                operation_type=operation_type or "regular_payment",
                                pos_id=order["_pos_id"], store_id=order["_store_id"],
-                               order_ref=order["id"])
+                               order_ref=order["id"], payment_method_id=payment_method_id)
         if status != "approved":
             return pay
         tx.update({"paid_amount": amount_str(amount, integer),
                    "reference": {"id": str(pay["id"])},
-                   "payment_method": {"id": "account_money", "type": "account_money",
-                                      "installments": 1},
+                   "payment_method": {"id": pay["payment_method_id"],
+                                      "type": pay["payment_type_id"], "installments": 1},
                    "status": "processed", "status_detail": "accredited"})
         order["status"], order["status_detail"] = "processed", "accredited"
         order["total_paid_amount"] = amount_str(amount, integer)
@@ -451,7 +602,7 @@ class State:
             pay = self.payments.get(int(r["reference_id"]))
             if pay and pay["status"] == "approved":
                 try:
-                    self.refund_payment(acct, pay, D(r["amount"]))
+                    self.refund_payment(acct, pay, D(r["amount"]), at_once=True)
                 except ApiError:
                     pass
         done = sum((D(r["amount"]) for r in refunds if r["status"] == "processed"), Decimal(0))
@@ -474,6 +625,17 @@ class State:
             for key, rec in list(self.pos_orders.items()):
                 if rec["expires_at"] is not None and rec["expires_at"] <= t:
                     self.expire_pos_order(key)
+            for mo in list(self.mos.values()):
+                due = [p for p in self._mo_payments(mo, all_=True)
+                       if p.get("_mo_visible_at") is not None and p["_mo_visible_at"] <= t]
+                if due:
+                    for p in due:
+                        del p["_mo_visible_at"]
+                    self.recompute_mo(mo)
+            for rid, (pid, at) in list(self.refund_due.items()):
+                if at <= t:
+                    pay = self.payments[pid]
+                    self.finish_refund(pay, next(r for r in pay["refunds"] if r["id"] == rid))
             for o in list(self.orders.values()):
                 if o["status"] == "created" and o["_expires_at"] <= t:
                     self.order_expire(o)
@@ -493,5 +655,7 @@ class State:
                 "merchant_orders": [self.mo_view(m) for m in self.mos.values()],
                 "payments": [public(p) for p in self.payments.values()],
                 "orders": [public(o) for o in self.orders.values()],
+                "chargebacks": [public(c) for c in self.chargebacks.values()],
+                "claims": [public(c) for c in self.claims.values()],
                 "config": self.config,
             }

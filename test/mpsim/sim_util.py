@@ -35,10 +35,26 @@ def reset_clock():
 MP_TZ = datetime.timezone(datetime.timedelta(hours=-4))
 
 
-def iso_mp(ts=None):
-    """Format like MP's classic APIs: 2024-02-09T12:47:05.000-04:00."""
+def iso_mp(ts=None, style="offset"):
+    """Format a time as MP's classic APIs do (API reference §12.12).
+
+    offset     2024-02-09T12:47:05.000-04:00 (the usual form)
+    z          2024-02-09T16:47:05.000Z
+    micro      2024-02-09T12:47:05.123456-04:00
+    malformed  2024-02-09T12:47:0504:00 (seen in notification-additional-info)
+    """
     ts = now() if ts is None else ts
-    return datetime.datetime.fromtimestamp(ts, MP_TZ).isoformat(timespec="milliseconds")
+    dt = datetime.datetime.fromtimestamp(ts, MP_TZ)
+    if style == "z":
+        return iso_z(ts)
+    if style == "micro":
+        return dt.isoformat(timespec="microseconds")
+    if style == "malformed":
+        return dt.strftime("%Y-%m-%dT%H:%M:%S") + "04:00"
+    return dt.isoformat(timespec="milliseconds")
+
+
+DATE_STYLES = ("offset", "z", "micro", "malformed")
 
 
 def iso_z(ts=None, nanos=False):
@@ -61,6 +77,29 @@ def parse_iso_offset(text):
     if dt.tzinfo is None:
         return None
     return dt.timestamp()
+
+
+_NOW_EXPR = re.compile(r"^NOW(?:([+-])(\d+)(SECONDS?|MINUTES?|HOURS?|DAYS?|WEEKS?|MONTHS?|YEARS?))?$")
+_UNIT = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86400, "WEEK": 7 * 86400,
+         "MONTH": 30 * 86400, "YEAR": 365 * 86400}
+
+
+def parse_search_time(text):
+    """A payments-search begin_date/end_date: ISO-8601 with offset (or Z), or
+    a NOW-3HOURS-style expression (§12.13); return epoch seconds or None."""
+    if not isinstance(text, str):
+        return None
+    m = _NOW_EXPR.match(text.strip().upper())
+    if m:
+        sign, n, unit = m.groups()
+        if not sign:
+            return now()
+        secs = int(n) * _UNIT[unit.rstrip("S")]
+        return now() + (secs if sign == "+" else -secs)
+    t = text.strip()
+    if t.endswith("Z"):
+        t = t[:-1] + "+00:00"
+    return parse_iso_offset(t)
 
 
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
@@ -198,6 +237,12 @@ def cause_error(status, error, message, code, description=None):
                      "data": iso_mp()}])
 
 
+def forbidden_payment():
+    """403 code 4: another collector's payment (API reference §12.1)."""
+    return cause_error(403, "forbidden", "The caller is not authorized to access this resource",
+                       4)
+
+
 def orders_err(status, code, message, details=None):
     """Orders API error body: {"errors":[{code,message,details}]}."""
     return ApiError(status, {"errors": [{"code": code, "message": message,
@@ -246,4 +291,20 @@ def emv_static_qr(pos_id, name, site):
     payload = (tlv("00", "01") + tlv("01", "11") + tlv("43", mai) + tlv("52", "0000")
                + tlv("53", site["num"]) + tlv("58", site["country2"])
                + tlv("59", (name or "MERCHANT")[:25]) + tlv("60", "CIUDAD") + "6304")
+    return payload + crc16_ccitt(payload)
+
+
+def _tlv(tag, value):
+    return "%s%02d%s" % (tag, len(value), value)
+
+
+def emv_dynamic_qr(order_id, name, site, amount):
+    """EMVCo payload of a dynamic QR (Orders API type_response.qr_data, §12.11):
+    point of initiation 12 (dynamic), the amount (tag 54) and the order as the
+    reference label (tag 62, sub-tag 05), closed by its CRC (tag 63)."""
+    mai = _tlv("00", "COM.MERCADOLIBRE") + _tlv("01", "mpago.la/o/%s" % order_id[-25:])
+    payload = (_tlv("00", "01") + _tlv("01", "12") + _tlv("43", mai) + _tlv("52", "0000")
+               + _tlv("53", site["num"]) + _tlv("54", str(amount)) + _tlv("58", site["country2"])
+               + _tlv("59", (name or "MERCHANT")[:25]) + _tlv("60", "CIUDAD")
+               + _tlv("62", _tlv("05", order_id[-25:])) + "6304")
     return payload + crc16_ccitt(payload)

@@ -167,6 +167,8 @@ def receiver():
 def env(sim, receiver):
     """A clean simulator with one account, one store and one POS."""
     sim.ctl("reset")
+    # deliveries of the previous test still in flight land before the clear
+    wait_for(lambda: sim.ctl("health", method="GET")["pending"] == 0, what="quiet notifier")
     receiver.items.clear()
     receiver.fail = 0
     sim.ctl("accounts", {"user_id": UID, "token": TOKEN, "site_id": "MLA",
@@ -316,7 +318,11 @@ def test_scan_pay_closes_mo_and_notifies(env):
     assert sim.api("PUT", ORDERS_PATH, instore_order(notification_url=nurl))[0] == 204
     st, _, js = sim.api("GET", "/merchant_orders/search?external_reference=ORDER-1001")
     assert js == {"elements": None, "next_offset": 0, "total": 0}
-    mo_id = sim.ctl("scan", {"user_id": UID, "external_pos_id": "SUC001POS001"})["merchant_order_id"]
+    # a rejected attempt creates the merchant order (§12.5), which stays opened
+    first = sim.ctl("pay", {"user_id": UID, "external_pos_id": "SUC001POS001",
+                            "status": "rejected"})
+    mo_id = first["merchant_order_id"]
+    assert first["merchant_order_status"] == "opened"
     ipn = wait_for(lambda: rcv.find(topic="merchant_order", id=str(mo_id)), what="IPN")
     assert ipn[0]["q"]["account"] == "main"
     assert json.loads(ipn[0]["body"]) == {
@@ -328,11 +334,12 @@ def test_scan_pay_closes_mo_and_notifies(env):
     assert body["action"] == "create" and body["user_id"] == UID and "x-signature" not in item["headers"]
     st, _, mo = sim.api("GET", "/merchant_orders/%d" % mo_id)
     assert (mo["status"], mo["order_status"], mo["total_amount"]) == ("opened", "payment_required", 150)
-    res = sim.ctl("pay", {"user_id": UID, "merchant_order_id": mo_id})
+    assert [p["status"] for p in mo["payments"]] == ["rejected"]
+    res = sim.ctl("pay", {"user_id": UID, "external_pos_id": "SUC001POS001"})
     assert res["merchant_order_id"] == mo_id and res["status"] == "approved"
     st, _, mo = sim.api("GET", "/merchant_orders/%d" % mo_id)
     assert mo["id"] == mo_id and mo["status"] == "closed" and mo["order_status"] == "paid"
-    assert mo["paid_amount"] == 150 and mo["payments"][0]["operation_type"] == "regular_payment"
+    assert mo["paid_amount"] == 150 and mo["payments"][1]["operation_type"] == "regular_payment"
     assert mo["collector"]["id"] == UID
     st, _, pay = sim.api("GET", "/v1/payments/%d" % res["payment_id"])
     assert pay["order"] == {"id": mo_id, "type": "mercadopago"} and pay["status"] == "approved"
@@ -382,7 +389,7 @@ def test_orders_api(env):
     st, _, o = sim.api("POST", "/v1/orders", qr_order(), {"X-Idempotency-Key": "k1"})
     assert st == 201 and o["status"] == "created" and o["id"].startswith("ORDTST")
     assert len(o["id"]) == 32 and o["transactions"]["payments"][0]["id"].startswith("PAY")
-    assert o["currency"] == "ARS" and o["country_code"] == "ARG" and o["expiration_time"] == "PT15M"
+    assert o["currency"] == "ARS" and o["country_code"] == "ARG" and o["expiration_time"] == "PT10M"
     st, _, again = sim.api("POST", "/v1/orders", qr_order(), {"X-Idempotency-Key": "k1"})
     assert st == 201 and again == o
     st, _, js = sim.api("POST", "/v1/orders", qr_order("R-2"), {"X-Idempotency-Key": "k1"})
@@ -437,7 +444,8 @@ def test_expiry(env):
     item["q"]["data.id"] = o["id"].lower()
     assert check_signature(item)
     sim.api("PUT", ORDERS_PATH, instore_order(notification_url=rcv.url))
-    mo_id = sim.ctl("scan", {"user_id": UID, "external_pos_id": "SUC001POS001"})["merchant_order_id"]
+    mo_id = sim.ctl("pay", {"user_id": UID, "external_pos_id": "SUC001POS001",
+                            "status": "rejected"})["merchant_order_id"]
     res = sim.ctl("expire", {"user_id": UID, "external_pos_id": "SUC001POS001"})
     assert res["expired_merchant_orders"] == [mo_id]
     st, _, mo = sim.api("GET", "/merchant_orders/%d" % mo_id)
@@ -450,11 +458,14 @@ def test_expiry(env):
 def test_notification_retries(env):
     sim, rcv, _, _ = env
     rcv.fail = 2
+    sim.ctl("config", {"mo_at_scan": True})  # one notification: the scan's
     sim.api("PUT", ORDERS_PATH, instore_order(notification_url=rcv.url + "/flaky?source_news=ipn"))
     mo_id = sim.ctl("scan", {"user_id": UID, "external_pos_id": "SUC001POS001"})["merchant_order_id"]
-    wait_for(lambda: [i for i in rcv.find(topic="merchant_order", id=str(mo_id)) if i["status"] == 200],
-             what="successful retry")
-    retries = [i["headers"]["x-retry"] for i in rcv.find(topic="merchant_order", id=str(mo_id))]
+    def flaky():  # not a late delivery of an earlier test, whose ids may be the same
+        return [i for i in rcv.find(topic="merchant_order", id=str(mo_id))
+                if i["path"].endswith("/flaky")]
+    wait_for(lambda: [i for i in flaky() if i["status"] == 200], what="successful retry")
+    retries = [i["headers"]["x-retry"] for i in flaky()]
     assert retries == ["0", "1", "2"]
     dels = [d for d in sim.ctl("deliveries", method="GET") if d["url"].split("?")[0].endswith("/flaky")]
     assert [d["status"] for d in dels] == [500, 500, 200]
@@ -524,7 +535,9 @@ def test_panel_urls_partial_pending_chargeback(env):
 
 
 def test_scan_before_publish_and_lost_answer(env):
+    """With mo_at_scan, the behaviour before 2024-08 (§5.5): a scan makes a MO."""
     sim, _, _, _ = env
+    sim.ctl("config", {"mo_at_scan": True})
     assert sim.request("POST", "/_sim/scan", {"user_id": UID, "external_pos_id": "SUC001POS001",
                                               "wait": True})[0] == 202
     sim.ctl("faults", {"method": "PUT", "path": "/orders$", "drop": True, "process": True})
@@ -533,6 +546,353 @@ def test_scan_before_publish_and_lost_answer(env):
     st, _, js = sim.api("GET", "/merchant_orders/search?external_reference=ORDER-1001")
     assert js["total"] == 1 and js["elements"][0]["status"] == "opened"
     assert sim.api("GET", SHORT_PATH)[2][0]["external_reference"] == "ORDER-1001"
+
+
+# ------------------------------------------------ API reference §12, item by item
+
+OTHER_UID = 987654321
+OTHER_TOKEN = "APP_USR-other-token"
+OTHER = {"Authorization": "Bearer " + OTHER_TOKEN}
+
+
+def other_account(sim):
+    sim.ctl("accounts", {"user_id": OTHER_UID, "token": OTHER_TOKEN, "site_id": "MLA"})
+
+
+def paid_instore(sim, ref="ORDER-1001", total=150, **pay):
+    assert sim.api("PUT", ORDERS_PATH, instore_order(ref, total))[0] == 204
+    return sim.ctl("pay", dict({"user_id": UID, "external_pos_id": "SUC001POS001"}, **pay))
+
+
+def tlv(payload):
+    """EMVCo top-level tags of a QR payload: {tag: value}."""
+    out, i = {}, 0
+    while i < len(payload):
+        tag, n = payload[i:i + 2], int(payload[i + 2:i + 4])
+        out[tag] = payload[i + 4:i + 4 + n]
+        i += 4 + n
+    return out
+
+
+def crc16(data):
+    crc = 0xFFFF
+    for b in data.encode():
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return "%04X" % crc
+
+
+def test_12_1_foreign_payment_is_403_foreign_merchant_order_is_401(env):
+    sim, _, _, _ = env
+    other_account(sim)
+    res = paid_instore(sim)
+    pid, mo_id = res["payment_id"], res["merchant_order_id"]
+    st, _, js = sim.request("GET", "/v1/payments/%d" % pid, headers=OTHER)
+    assert st == 403 and js["cause"][0]["code"] == 4
+    assert js["message"] == "The caller is not authorized to access this resource"
+    st, _, js = sim.request("POST", "/v1/payments/%d/refunds" % pid, None,
+                            dict(OTHER, **{"X-Idempotency-Key": "f1"}))
+    assert st == 403
+    st, _, js = sim.api("GET", "/v1/payments/%d" % (pid + 1000))  # unknown: still 404 (§7)
+    assert st == 404 and js["cause"][0]["code"] == 2000
+    # merchant orders document only 401: another collector's and an unknown id alike
+    for path, hdr in (("/merchant_orders/%d" % mo_id, OTHER),
+                      ("/merchant_orders/99999999999", AUTH)):
+        st, _, js = sim.request("GET", path, headers=hdr)
+        assert (st, js["error"]) == (401, "invalid_caller_id"), (path, js)
+    st, _, js = sim.request("GET", "/merchant_orders/%d" % mo_id,
+                            headers={"Authorization": "Bearer revoked"})
+    assert (st, js["error"]) == (401, "invalid_token")
+    assert sim.api("GET", "/merchant_orders/%d" % mo_id)[0] == 200
+
+
+def test_12_2_pix_refund_in_process(env):
+    sim, rcv, _, _ = env
+    sim.ctl("accounts", {"user_id": UID, "payment_method_id": "pix"})
+    pid = paid_instore(sim, total=100)["payment_id"]
+    pay = sim.api("GET", "/v1/payments/%d" % pid)[2]
+    assert (pay["payment_method_id"], pay["payment_type_id"]) == ("pix", "bank_transfer")
+    path = "/v1/payments/%d/refunds" % pid
+    # without the header: 400, though MP goes on with the refund
+    st, _, js = sim.api("POST", path, {"amount": 40}, {"X-Idempotency-Key": "p1"})
+    assert st == 400
+    refunds = sim.api("GET", path)[2]
+    assert [(r["amount"], r["status"]) for r in refunds] == [(40, "in_process")]
+    # with it: 201 in_process; the amount in process stays held
+    render = {"X-Render-In-Process-Refunds": "true"}
+    st, _, r2 = sim.api("POST", path, {"amount": 60}, dict(render, **{"X-Idempotency-Key": "p2"}))
+    assert st == 201 and r2["status"] == "in_process" and r2["amount"] == 60
+    st, _, js = sim.api("POST", path, {"amount": 1}, dict(render, **{"X-Idempotency-Key": "p3"}))
+    assert st == 400 and js["cause"][0]["code"] == 2085
+    st, _, again = sim.api("POST", path, {"amount": 40}, dict(render, **{"X-Idempotency-Key": "p1"}))
+    assert st == 201 and again["id"] == refunds[0]["id"] and again["status"] == "in_process"
+    pay = sim.api("GET", "/v1/payments/%d" % pid)[2]
+    assert pay["status"] == "approved" and pay["transaction_amount_refunded"] == 0
+    # approved later
+    done = sim.ctl("complete_refunds", {"payment_id": pid})
+    assert sorted(done["payment_refunds"]) == sorted([refunds[0]["id"], r2["id"]])
+    assert {r["status"] for r in sim.api("GET", path)[2]} == {"approved"}
+    pay = sim.api("GET", "/v1/payments/%d" % pid)[2]
+    assert pay["status"] == "refunded" and pay["transaction_amount_refunded"] == 100
+    # each refund change is announced: created, two refunds made, two approved
+    wait_for(lambda: len([b for _, b in rcv.bodies(type="payment") if b["data"]["id"] == str(pid)
+                          and b["action"] == "payment.updated"]) >= 4, what="refund notifications")
+    # with a delay the refund is approved by time; a rejected one frees its amount
+    sim.ctl("accounts", {"user_id": UID, "pix_refund_delay": 60})
+    pid = paid_instore(sim, "ORDER-1002", 50)["payment_id"]
+    path = "/v1/payments/%d/refunds" % pid
+    r = sim.api("POST", path, {"amount": 20}, dict(render, **{"X-Idempotency-Key": "d1"}))[2]
+    sim.ctl("clock", {"advance": 61})
+    assert sim.api("GET", path + "/%d" % r["id"])[2]["status"] == "approved"
+    r = sim.api("POST", path, None, dict(render, **{"X-Idempotency-Key": "d2"}))[2]
+    assert r["amount"] == 30 and r["status"] == "in_process"
+    sim.ctl("complete_refunds", {"payment_id": pid, "status": "rejected"})
+    assert sim.api("GET", path + "/%d" % r["id"])[2]["status"] == "rejected"
+    assert sim.api("POST", path, None, dict(render, **{"X-Idempotency-Key": "d3"}))[2]["amount"] == 30
+    # not Pix: approved at once, header or not
+    sim.ctl("accounts", {"user_id": UID, "payment_method_id": "account_money"})
+    pid = paid_instore(sim, "ORDER-1003", 10)["payment_id"]
+    st, _, r = sim.api("POST", "/v1/payments/%d/refunds" % pid, None, {"X-Idempotency-Key": "n1"})
+    assert st == 201 and r["status"] == "approved"
+
+
+def test_12_3_qr_webhook_signature_may_not_verify(env):
+    sim, rcv, _, _ = env
+    seen = {}
+    for i, mode in enumerate(("valid", "invalid", "none")):
+        sim.ctl("accounts", {"user_id": UID, "signature": mode})
+        o = sim.api("POST", "/v1/orders", qr_order("S-%d" % i), {"X-Idempotency-Key": "s%d" % i})[2]
+        sim.api("POST", "/v1/orders/%s/cancel" % o["id"], None, {"X-Idempotency-Key": "c%d" % i})
+        item = wait_for(lambda: rcv.find(**{"data.id": o["id"], "type": "order"}), what=mode)[0]
+        seen[mode] = item
+    assert check_signature(seen["valid"])
+    assert "x-signature" in seen["invalid"]["headers"] and not check_signature(seen["invalid"])
+    assert "x-signature" not in seen["none"]["headers"]
+    sim.ctl("accounts", {"user_id": UID, "signature": "invalid"})
+    pid = paid_instore(sim)["payment_id"]
+    item = wait_for(lambda: rcv.find(**{"data.id": str(pid), "type": "payment"}), what="payment")[0]
+    assert "x-signature" in item["headers"] and not check_signature(item)
+    assert sim.request("POST", "/_sim/accounts", {"user_id": UID, "signature": "maybe"})[0] == 400
+
+
+def test_12_4_static_qr_lives_at_most_10_minutes(env):
+    sim, _, _, _ = env
+    # instore: 10 minutes by default, and at most 10 minutes whatever is sent
+    for exp in (None, "2099-01-01T00:00:00.000-04:00"):
+        body = instore_order() if exp is None else instore_order(expiration_date=exp)
+        assert sim.api("PUT", ORDERS_PATH, body)[0] == 204
+        sim.ctl("clock", {"advance": 599})
+        assert sim.api("GET", SHORT_PATH)[0] == 200
+        sim.ctl("clock", {"advance": 2})
+        assert sim.api("GET", SHORT_PATH)[0] == 404
+    # Orders API: PT30S to PT3600H
+    for i, bad in enumerate(("PT29S", "PT3600H1S", "P151D", "15M")):
+        st, _, js = sim.api("POST", "/v1/orders", qr_order("B-%d" % i, expiration_time=bad),
+                            {"X-Idempotency-Key": "b%d" % i})
+        assert st == 400 and js["errors"][0]["details"] == ["expiration_time"], bad
+    # static: PT10M by default; PT2H accepted but expires at 10 minutes
+    o = sim.api("POST", "/v1/orders", qr_order("X-1"), {"X-Idempotency-Key": "x1"})[2]
+    assert o["expiration_time"] == "PT10M"
+    sim.api("POST", "/v1/orders/%s/cancel" % o["id"], None, {"X-Idempotency-Key": "x1c"})
+    st, _, o = sim.api("POST", "/v1/orders", qr_order("X-2", expiration_time="PT2H"),
+                       {"X-Idempotency-Key": "x2"})
+    assert st == 201 and o["expiration_time"] == "PT2H"
+    dyn = qr_order("X-3", expiration_time="PT2H")
+    dyn["config"]["qr"]["mode"] = "dynamic"
+    d = sim.api("POST", "/v1/orders", dyn, {"X-Idempotency-Key": "x3"})[2]
+    sim.ctl("clock", {"advance": 601})
+    assert sim.api("GET", "/v1/orders/" + o["id"])[2]["status"] == "expired"
+    assert sim.api("GET", "/v1/orders/" + d["id"])[2]["status"] == "created"
+    st, _, o = sim.api("POST", "/v1/orders", qr_order("X-4", expiration_time="PT30S"),
+                       {"X-Idempotency-Key": "x4"})
+    assert st == 201
+
+
+def test_12_5_merchant_order_made_at_payment_and_lagging(env):
+    sim, rcv, _, _ = env
+    sim.api("PUT", ORDERS_PATH, instore_order(notification_url=rcv.url))
+    scan = sim.ctl("scan", {"user_id": UID, "external_pos_id": "SUC001POS001"})
+    assert scan["merchant_order_id"] is None and scan["scanned"]
+    search = "/merchant_orders/search?external_reference=ORDER-1001"
+    assert sim.api("GET", search)[2]["total"] == 0
+    assert not rcv.find(topic="merchant_order")
+    sim.ctl("config", {"mo_payment_lag": 30})
+    res = sim.ctl("pay", {"user_id": UID, "external_pos_id": "SUC001POS001"})
+    pid, mo_id = res["payment_id"], res["merchant_order_id"]
+    pay = sim.api("GET", "/v1/payments/%d" % pid)[2]
+    assert pay["status"] == "approved" and pay["order"]["id"] == mo_id
+    mo = sim.api("GET", "/merchant_orders/%d" % mo_id)[2]
+    assert (mo["status"], mo["payments"], mo["paid_amount"]) == ("opened", [], 0)
+    found = sim.api("GET", "/v1/payments/search?external_reference=ORDER-1001")[2]
+    assert [p["id"] for p in found["results"]] == [pid]
+    wait_for(lambda: rcv.find(topic="merchant_order", id=str(mo_id)), what="MO create")
+    sim.ctl("clock", {"advance": 31})
+    mo = sim.api("GET", "/merchant_orders/%d" % mo_id)[2]
+    assert mo["status"] == "closed" and [p["id"] for p in mo["payments"]] == [pid]
+    wait_for(lambda: [b for _, b in rcv.bodies(type="topic_merchant_order_wh")
+                      if b["id"] == str(mo_id) and b["status"] == "closed"], what="MO closed")
+
+
+def test_12_6_sandbox_errors(env):
+    sim, _, _, _ = env
+    other_account(sim)
+    st, _, js = sim.api("PUT", ORDERS_PATH.replace(str(UID), str(OTHER_UID)), instore_order())
+    assert st == 400 and js["message"] == "Collector ID and Caller ID must be the same"
+    assert js["causes"] == [] and "cause" not in js
+    st, _, js = sim.api("DELETE", SHORT_PATH.replace("POS001/", "POS999/"))
+    assert (st, js["error"]) == (400, "pos_obtainment_by_external_id_error")
+    assert sim.api("DELETE", SHORT_PATH)[0] == 204  # known POS, nothing on it
+    o = sim.api("POST", "/v1/orders", qr_order(), {"X-Idempotency-Key": "t1"})[2]
+    sim.ctl("faults", [{"method": "POST", "path": "/cancel$", "code": "processor_communication_error"},
+                       {"method": "POST", "path": "/cancel$", "code": "post_processing_operation_pending"}])
+    for code in ("processor_communication_error", "post_processing_operation_pending"):
+        st, _, js = sim.api("POST", "/v1/orders/%s/cancel" % o["id"], None, {"X-Idempotency-Key": "tc"})
+        assert st == 409 and js["errors"][0]["code"] == code
+    st, _, js = sim.api("POST", "/v1/orders/%s/cancel" % o["id"], None, {"X-Idempotency-Key": "tc"})
+    assert st == 200 and js["status"] == "canceled"
+    o = sim.api("POST", "/v1/orders", qr_order("T-2"), {"X-Idempotency-Key": "t2"})[2]
+    sim.ctl("pay", {"user_id": UID, "order_id": o["id"]})
+    sim.ctl("faults", {"method": "POST", "path": "/refund$", "code": "unprocessable_entity"})
+    st, _, js = sim.api("POST", "/v1/orders/%s/refund" % o["id"], None, {"X-Idempotency-Key": "tr"})
+    assert st == 422 and js["errors"][0]["code"] == "unprocessable_entity"
+    assert sim.api("POST", "/v1/orders/%s/refund" % o["id"], None, {"X-Idempotency-Key": "tr"})[0] == 201
+
+
+def test_12_7_orders_unsupported_properties_and_envelope(env):
+    sim, _, _, _ = env
+    body = qr_order(notification_url="https://shop.test/n")
+    body["config"]["qr"]["color"] = "blue"
+    st, _, js = sim.api("POST", "/v1/orders", body, {"X-Idempotency-Key": "u1"})
+    assert st == 400 and list(js) == ["errors"]
+    e = js["errors"][0]
+    assert set(e) == {"code", "message", "details"} and e["code"] == "unsupported_properties"
+    assert sorted(e["details"]) == ["$.config.qr.color", "$.notification_url"]
+    assert sim.ctl("state", method="GET")["orders"] == []
+    st, _, js = sim.request("GET", "/v1/orders/ORDTST01K0EPV4K8S54GADYVVA8WBV8B")
+    assert st == 401 and js["errors"][0]["code"] == "unauthorized"
+    ok = qr_order(items=[{"title": "A", "unit_price": "50.00", "quantity": 1, "unit_measure": "unit",
+                          "external_code": "1"}], description="x",
+                  integration_data={"platform_id": "dev_1"})
+    assert sim.api("POST", "/v1/orders", ok, {"X-Idempotency-Key": "u2"})[0] == 201
+
+
+def test_12_8_merchant_order_search_pages_by_30(env):
+    sim, _, _, _ = env
+    sim.ctl("config", {"mo_at_scan": True})
+    sim.api("PUT", ORDERS_PATH, instore_order())
+    for _ in range(35):
+        sim.ctl("scan", {"user_id": UID, "external_pos_id": "SUC001POS001"})
+    q = "/merchant_orders/search?external_reference=ORDER-1001"
+    js = sim.api("GET", q)[2]
+    assert (len(js["elements"]), js["total"], js["next_offset"]) == (30, 35, 30)
+    rest = sim.api("GET", q + "&offset=30")[2]
+    assert len(rest["elements"]) == 5 and rest["total"] == 35
+    ids = [m["id"] for m in js["elements"] + rest["elements"]]
+    assert len(set(ids)) == 35
+
+
+def test_12_10_chargebacks_and_claims(env):
+    sim, rcv, _, _ = env
+    sim.ctl("accounts", {"user_id": UID, "ipn_url": rcv.url + "?via=ipn"})
+    pid = paid_instore(sim)["payment_id"]
+    cb = sim.ctl("chargeback", {"payment_id": pid})
+    assert cb["status"] == "charged_back" and cb["chargeback_id"]
+    cid = cb["chargeback_id"]
+    item = wait_for(lambda: rcv.find(topic="chargebacks", id=cid), what="chargebacks IPN")[0]
+    assert item["q"]["via"] == "ipn"
+    st, _, js = sim.api("GET", "/v1/chargebacks/%s" % cid)
+    assert st == 200 and js["id"] == cid and js["payments"] == [pid]
+    other_account(sim)
+    assert sim.request("GET", "/v1/chargebacks/%s" % cid, headers=OTHER)[0] == 404
+    assert sim.api("GET", "/v1/payments/%d" % pid)[2]["status"] == "charged_back"
+    claim = sim.ctl("claim", {"payment_id": pid})
+    item = wait_for(lambda: rcv.find(**{"type": "topic_claims_integration_wh",
+                                        "data.id": claim["id"]}), what="claim webhook")[0]
+    assert json.loads(item["body"])["type"] == "topic_claims_integration_wh"
+
+
+def test_12_11_dynamic_and_hybrid_qr_data(env):
+    sim, _, _, pos = env
+    dyn = qr_order("D-1", amount="50.00")
+    dyn["config"]["qr"]["mode"] = "dynamic"
+    st, _, d = sim.api("POST", "/v1/orders", dyn, {"X-Idempotency-Key": "d1"})
+    assert st == 201 and d["config"]["qr"]["mode"] == "dynamic"
+    qr = d["type_response"]["qr_data"]
+    tags = tlv(qr)
+    assert tags["00"] == "01" and tags["01"] == "12"  # dynamic point of initiation
+    assert tags["54"] == "50.00" and tags["53"] == "032" and tags["58"] == "AR"
+    assert "COM.MERCADOLIBRE" in tags["43"] and qr[-4:] == crc16(qr[:-4])
+    assert sim.api("GET", "/v1/orders/" + d["id"])[2]["type_response"]["qr_data"] == qr
+    # a dynamic QR leaves the POS's static QR free; a static order has no qr_data
+    st, _, s1 = sim.api("POST", "/v1/orders", qr_order("S-1"), {"X-Idempotency-Key": "s1"})
+    assert st == 201 and "type_response" not in s1
+    hyb = qr_order("H-1", amount="20.00")
+    hyb["config"]["qr"]["mode"] = "hybrid"
+    assert sim.api("POST", "/v1/orders", hyb, {"X-Idempotency-Key": "h0"})[0] == 409
+    sim.api("POST", "/v1/orders/%s/cancel" % s1["id"], None, {"X-Idempotency-Key": "s1c"})
+    st, _, h = sim.api("POST", "/v1/orders", hyb, {"X-Idempotency-Key": "h1"})
+    assert st == 201 and tlv(h["type_response"]["qr_data"])["54"] == "20.00"
+    assert h["type_response"]["qr_data"] != qr
+    # both QRs reach the hybrid order: the POS's static one by a scan
+    assert sim.ctl("scan", {"user_id": UID, "external_pos_id": "SUC001POS001"}) == {"order_id": h["id"]}
+    assert sim.ctl("pay", {"user_id": UID, "order_id": d["id"]})["order_status"] == "processed"
+
+
+def test_12_12_date_formats(env):
+    sim, _, _, _ = env
+    forms = {"offset": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}-04:00$",
+             "z": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$",
+             "micro": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}-04:00$",
+             "malformed": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d04:00$"}
+    import re
+    for i, (style, rx) in enumerate(forms.items()):
+        sim.ctl("accounts", {"user_id": UID, "date_format": style})
+        res = paid_instore(sim, "DATE-%d" % i, 10)
+        pay = sim.api("GET", "/v1/payments/%d" % res["payment_id"])[2]
+        mo = sim.api("GET", "/merchant_orders/%d" % res["merchant_order_id"])[2]
+        for v in (pay["date_created"], pay["date_last_updated"], pay["date_approved"],
+                  mo["last_updated"]):
+            assert re.match(rx, v), (style, v)
+    o = sim.api("POST", "/v1/orders", qr_order(), {"X-Idempotency-Key": "z1"})[2]
+    assert re.match(forms["z"], o["created_date"])
+
+
+def test_12_13_payments_search_by_time_window(env):
+    sim, _, _, _ = env
+    pids = []
+    for i in range(3):
+        pids.append(paid_instore(sim, "WIN-%d" % i, 10)["payment_id"])
+        if i < 2:
+            sim.ctl("clock", {"advance": 3600})
+    base = "/v1/payments/search?range=date_created&begin_date=NOW-90MINUTES&end_date=NOW"
+    js = sim.api("GET", base + "&sort=date_created&criteria=desc")[2]
+    assert [p["id"] for p in js["results"]] == [pids[2], pids[1]] and js["paging"]["total"] == 2
+    js = sim.api("GET", base + "&sort=date_created&criteria=asc&limit=1&offset=1")[2]
+    assert [p["id"] for p in js["results"]] == [pids[2]]
+    assert js["paging"] == {"total": 2, "limit": 1, "offset": 1}
+    # ISO-8601 bounds; a refund of the oldest sale moves its date_last_updated
+    first = sim.api("GET", "/v1/payments/%d" % pids[0])[2]["date_created"]
+    js = sim.api("GET", "/v1/payments/search?range=date_created&begin_date=%s"
+                 "&end_date=NOW-100MINUTES" % first.replace("+", "%2B"))[2]
+    assert [p["id"] for p in js["results"]] == [pids[0]]
+    sim.ctl("clock", {"advance": 120})
+    sim.api("POST", "/v1/payments/%d/refunds" % pids[0], None, {"X-Idempotency-Key": "w1"})
+    js = sim.api("GET", "/v1/payments/search?range=date_last_updated&begin_date=NOW-1MINUTES"
+                 "&end_date=NOW&sort=date_last_updated&criteria=desc")[2]
+    assert [p["id"] for p in js["results"]] == [pids[0]]
+    for bad in ("limit=1001", "range=date_paid&begin_date=NOW-1HOURS&end_date=NOW",
+                "range=date_created&begin_date=yesterday&end_date=NOW"):
+        assert sim.api("GET", "/v1/payments/search?" + bad)[0] == 400, bad
+    assert sim.api("GET", "/v1/payments/search?limit=1000")[0] == 200
+
+
+def test_users_me(env):
+    sim, _, _, _ = env
+    st, _, me = sim.api("GET", "/users/me")
+    assert st == 200 and me["id"] == UID and me["site_id"] == "MLA"
+    assert sim.request("GET", "/users/me", headers={"Authorization": "Bearer nope"})[0] == 401
 
 
 if __name__ == "__main__":
