@@ -44,7 +44,7 @@ SHLIB_LINK = -lcurl -lmicrohttpd -lcrypto
 PG_CPPFLAGS = -DMPQR_VERSION=\"$(EXTVERSION)\"
 
 # pg_regress (make regress): on a temporary instance with mpqr preloaded
-REGRESS = accounts put_order reconcile outbox inlining
+REGRESS = accounts put_order reconcile outbox inlining validation
 REGRESS_OPTS = --load-extension=mpqr
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config

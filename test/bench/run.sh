@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks, each against a baseline measured in the same run.
 #
-# Installs what they need (wrk, nginx), builds and installs mpqr, then runs
-# the listener and the sender benchmarks.  Record the results, with the date
-# and the machine, in test/bench/RESULTS.md.
+# make deps installs what they need (wrk, nginx); then mpqr is built and
+# installed, and every benchmark runs: P1 (put_bench), P2 (sender_bench), R
+# (crash_bench), P3 (listener_bench), burst, P4 and storm (rush_bench), P5
+# and P6 (idle_bench).  Record the results, with the date, the machine and
+# the commit, in test/bench/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 make -s deps
-for p in wrk nginx-light; do
-	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="${missing:-} $p"
-done
-if [ -n "${missing:-}" ]; then
-	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing
-fi
 make -s
 make -s install
-/usr/bin/python3 test/bench/listener_bench.py "$@"
-/usr/bin/python3 test/bench/sender_bench.py "$@"
+echo "mpqr benchmarks, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u '+%Y-%m-%d %H:%M UTC')"
+for b in put_bench sender_bench crash_bench listener_bench rush_bench idle_bench; do
+	echo
+	echo "== $b"
+	/usr/bin/python3 "test/bench/$b.py" "$@"
+done

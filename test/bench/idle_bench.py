@@ -1,0 +1,112 @@
+"""P5 and P6 (issue 10): what the workers cost when idle, and their footprint.
+
+P5  With nothing to do, for 20 s: CPU time of the sender and the listener
+    (utime + stime from /proc), and the transactions they commit (the
+    database's xact_commit, less this script's own two reads).  Target:
+    <= 1% of a core and no query when nothing is due; aim 0.
+P6  The listener's private memory (RssAnon) and open descriptors after each
+    of 4 rounds of load (wrk, 32 connections, 10 s of notifications that
+    each name a merchant order): the last round against the first.  Target
+    within +10%; aim flat.
+"""
+import os
+import re
+import sys
+import tempfile
+import time
+
+from benchlib import machine, run
+from nginx_stub import NginxStub
+from pgcluster import Cluster, free_port, wait_for
+
+IDLE = int(os.environ.get("BENCH_IDLE_SECONDS", "20"))
+LOAD = int(os.environ.get("BENCH_SECONDS", "10"))
+TICKS = os.sysconf("SC_CLK_TCK")
+
+LUA = r"""
+wrk.method = "POST"
+wrk.body = '{"topic":"merchant_order"}'
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, "/notifications?topic=merchant_order&id=" .. (counter % 50000 + 1))
+end
+"""
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def footprint(pid):
+    with open("/proc/%d/status" % pid) as f:
+        rss = int(re.search(r"RssAnon:\s+(\d+) kB", f.read()).group(1))
+    return rss, len(os.listdir("/proc/%d/fd" % pid))
+
+
+def main():
+    port = free_port()
+    stub = NginxStub().__enter__()
+    # autovacuum off: its transactions would count as the workers'; the API
+    # is nginx answering 204, so that the start-up catch-up ends at once
+    c = Cluster(dict(stub.settings(), **{"mpqr.listen_port": port, "autovacuum": "off"}),
+                name="bench-idle").init().start()
+    tmp = tempfile.mkdtemp(prefix="mpqr-idle-")
+    try:
+        c.execute("CREATE EXTENSION mpqr")
+        c.execute("SELECT mpqr_add_account('main', 123456789, 'APP_USR-bench')")
+        c.execute("INSERT INTO mpqr.merchant_orders (id, account, body) "
+                  "SELECT g, 'main', '{}' FROM generate_series(1, 50000) g")
+        st = wait_for(lambda: (lambda s: s if s.get("sender_pid") and s.get("listener_pid") else None)(
+            c.status()), 30, what="both workers")
+        sender, listener = int(st["sender_pid"]), int(st["listener_pid"])
+        print("P5/P6 on %s" % machine())
+
+        # P5: let the start-up work settle, then watch 20 s of nothing
+        wait_for(lambda: not c.scalar("SELECT EXISTS (SELECT FROM mpqr.requests "
+                                      "WHERE state IN ('queued', 'inflight'))"), 60)
+        time.sleep(3)  # not a synchronisation: the quiet period before the window
+        xact0 = c.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'")
+        cpu0 = cpu_seconds(sender) + cpu_seconds(listener)
+        t0 = time.monotonic()
+        time.sleep(IDLE)  # the measured window itself
+        cpu1 = cpu_seconds(sender) + cpu_seconds(listener)
+        elapsed = time.monotonic() - t0
+        c.execute("SELECT pg_stat_clear_snapshot()")
+        xact1 = c.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'")
+        # this script's reads: the first, pg_stat_clear_snapshot, the second
+        worker_xacts = xact1 - xact0 - 2
+        print("P5: %.0f s idle: sender + listener CPU %.3f s = %.3f%% of a core; "
+              "worker transactions %d (%.2f/s)"
+              % (elapsed, cpu1 - cpu0, 100.0 * (cpu1 - cpu0) / elapsed, worker_xacts,
+                 worker_xacts / elapsed))
+
+        # P6: footprint after each round of load
+        c.execute("UPDATE mpqr.accounts SET paused_at = now(), pause_reason = 'benchmark'")
+        lua = os.path.join(tmp, "mo.lua")
+        with open(lua, "w") as f:
+            f.write(LUA)
+        rounds = []
+        for i in range(4):
+            run(["wrk", "-t2", "-c32", "-d%ds" % LOAD, "-s", lua, "http://127.0.0.1:%d" % port])
+            # the connections are closed once wrk exits; let the listener see it
+            wait_for(lambda: footprint(listener)[1] <= (rounds[0][1] if rounds else 10 ** 6), 10,
+                     what="the listener to close wrk's connections")
+            rounds.append(footprint(listener))
+            print("  after round %d: listener RssAnon %d kB, %d fds; stored %s"
+                  % (i + 1, rounds[-1][0], rounds[-1][1],
+                     c.scalar("SELECT count(*) FROM mpqr.notifications")), flush=True)
+        first, last = rounds[0], rounds[-1]
+        print("P6: listener after 3 more rounds vs after the first: RssAnon %+.1f%%, fds %+d"
+              % (100.0 * (last[0] - first[0]) / first[0], last[1] - first[1]))
+        print("    sender RssAnon %d kB, %d fds" % footprint(sender))
+    finally:
+        c.destroy()
+        stub.__exit__(None, None, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
