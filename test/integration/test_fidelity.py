@@ -9,6 +9,7 @@ notifications reach it.  The sweep stays out of the way (fast_check_after
 import datetime
 import http.client
 import json
+import re
 
 import psycopg2
 import pytest
@@ -349,15 +350,27 @@ def test_delete_on_a_pos_mp_does_not_know_is_nothing_to_remove(shop, sim):
     assert request_done(shop, "cancel", "SUC001POS001") == ("done", 200)
 
 
-@pytest.mark.parametrize("style", ["offset", "z", "micro"])
+FORMS = {"offset": r"[0-9T:-]{19}\.[0-9]{3}[+-][0-9]{2}:[0-9]{2}",
+         "z": r"[0-9T:-]{19}\.[0-9]{3}Z",
+         "micro": r"[0-9T:-]{19}\.[0-9]{6}[+-][0-9]{2}:[0-9]{2}"}
+
+
+@pytest.mark.parametrize("style", sorted(FORMS))
 def test_dates_in_mercado_pagos_formats_are_read(shop, sim, style):
     sim.account(user_id=COLLECTOR, token=TOKEN, site_id="MLA", date_format=style)
     pid = paid_order(shop, sim, "DATE-1", 33)
     sent = sim.api("GET", "/v1/payments/%s" % pid, TOKEN)[1]["date_approved"]
+    assert re.fullmatch(FORMS[style], sent), (style, sent)
     approved = shop.scalar("SELECT approved_at FROM mpqr.payments WHERE id = %s", (str(pid),))
     assert approved is not None
     assert approved == shop.scalar("SELECT %s::timestamptz", (sent,)), (style, sent)
     assert abs((approved - shop.scalar("SELECT now()")).total_seconds()) < 120
+
+
+def test_a_malformed_date_does_not_stop_a_payment(shop, sim):
+    sim.account(user_id=COLLECTOR, token=TOKEN, site_id="MLA", date_format="malformed")
+    pid = paid_order(shop, sim, "DATE-2", 34)
+    assert shop.scalar("SELECT status FROM mpqr.payments WHERE id = %s", (str(pid),)) == "approved"
 
 
 def test_unsupported_properties_is_final_and_kept(shop, sim):
