@@ -17,10 +17,11 @@ def test_demo_from_a_clean_clone():
         out = proc.stdout
         assert proc.returncode == 0, out[-5000:]
         # the story, in order
-        marks = ["CREATE EXTENSION mpqr", "mpqr_add_account", "mpqr_add_pos", "mpqr_put_order",
-                 "The order is published", "scans the QR", "pays in the app",
-                 "stored the notification", '"status": "paid"', "The order is paid", "mpqr_receipt",
-                 "RECEIPT", "2 x Pizza", "Status: PAID", "Done:"]
+        marks = ["CREATE EXTENSION mpqr", "mpqr_add_account", "mpqr_add_pos", "the static QR:",
+                 "\u2588", "mpqr_put_order", "The order is published", "mode => 'dynamic'",
+                 "the dynamic QR:", "\u2588", "scan the QR", "pay in the app",
+                 "stored the notification", '"status": "paid"', "ORDER-1001 is paid",
+                 "ORDER-1002 is paid", "mpqr_receipt", "RECEIPT", "2 x Pizza", "Status: PAID", "Done:"]
         pos = 0
         for m in marks:
             found = out.find(m, pos)
