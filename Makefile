@@ -25,6 +25,7 @@ OBJS = \
 	src/signature.o \
 	src/signature_sql.o \
 	src/listener_request.o \
+	src/listener_conn.o \
 	src/listener_http.o \
 	src/listener.o
 
@@ -101,8 +102,9 @@ FUZZ_SECONDS ?= 60
 fuzz:
 	$(MAKE) -C test/fuzz
 
+FUZZ_RUNS ?=
 fuzz-run: fuzz
-	$(MAKE) -C test/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS)
+	$(MAKE) -C test/fuzz run FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_RUNS=$(FUZZ_RUNS)
 
 bench:
 	bash test/bench/run.sh
