@@ -13,33 +13,28 @@ import os
 import re
 import sys
 
-HEAD = re.compile(r"^==(\d+)== (\S.*)$")
+LINE = re.compile(r"^==(\d+)== ?(.*)$")
 
 
 def errors(path):
-    """The error blocks of one log, as lists of lines."""
+    """The blocks of one log (lines between two empty ones), stripped."""
     block = []
     with open(path, errors="replace") as f:
-        for line in f:
-            m = HEAD.match(line.rstrip("\n"))
-            if not m:
-                if block:
-                    yield block
-                    block = []
-                continue
-            text = m.group(2)
-            if text.startswith(("at 0x", "by 0x", "Address 0x", "Uninitialised value",
-                                "Block was", "in frame", "   ")) or not block:
+        for raw in f:
+            m = LINE.match(raw.rstrip("\n"))
+            text = m.group(2).strip() if m else ""
+            if text:
                 block.append(text)
-            else:
-                if block:
-                    yield block
-                block = [text]
+                continue
+            if block:
+                yield block
+            block = []
     if block:
         yield block
 
 
 def is_error(block):
+    """A block that lists a stack is an error (the summaries do not)."""
     return any(line.startswith(("at 0x", "by 0x")) for line in block)
 
 
