@@ -145,13 +145,6 @@ MpqrConnSetPhase(MpqrConn *c, MpqrConnPhase phase, int64_t now)
 	}
 }
 
-/* connections open, shut down ones included */
-int
-MpqrConnCount(void)
-{
-	return book_count;
-}
-
 /* connections open and not shut down */
 int
 MpqrConnLive(void)
@@ -162,8 +155,8 @@ MpqrConnLive(void)
 /*
  * When a connection's phase must be over, or -1 for never.
  */
-int64_t
-MpqrConnDeadline(const MpqrConn *c, const MpqrConnLimits *limits)
+static int64_t
+deadline_of(const MpqrConn *c, const MpqrConnLimits *limits)
 {
 	if (c->evicted || c->phase == MPQR_CONN_HELD)
 		return -1;
@@ -184,7 +177,7 @@ MpqrConnNextDeadline(const MpqrConnLimits *limits)
 
 	for (MpqrConn *c = book_head; c != NULL; c = c->next)
 	{
-		int64_t		d = MpqrConnDeadline(c, limits);
+		int64_t		d = deadline_of(c, limits);
 
 		if (d >= 0 && (next < 0 || d < next))
 			next = d;
@@ -200,7 +193,7 @@ MpqrConnNextExpired(const MpqrConnLimits *limits, int64_t now)
 {
 	for (MpqrConn *c = book_head; c != NULL; c = c->next)
 	{
-		int64_t		d = MpqrConnDeadline(c, limits);
+		int64_t		d = deadline_of(c, limits);
 
 		if (d >= 0 && d <= now)
 			return c;
