@@ -34,6 +34,7 @@ int			mpqr_max_body = 64 * 1024;
 int			mpqr_signature_policy = MPQR_SIGNATURE_RECORD;
 int			mpqr_max_connections = 256;
 int			mpqr_connection_timeout_s = 30;
+int			mpqr_listen_request_timeout_ms = 5000;
 int			mpqr_worker_lock_timeout_ms = 5000;
 int			mpqr_worker_statement_timeout_ms = 10000;
 
@@ -155,6 +156,14 @@ MpqrGucInit(void)
 							&mpqr_connection_timeout_s,
 							30, 1, 3600,
 							PGC_POSTMASTER, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("mpqr.listen_request_timeout",
+							"Longest time the listener waits for a whole request to arrive.",
+							"Counted from the connection's accept for its first request, and from the request line for later ones; headers and body included.",
+							&mpqr_listen_request_timeout_ms,
+							5000, 100, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("mpqr.worker_lock_timeout",

@@ -33,6 +33,7 @@ extern int	mpqr_max_body;
 extern int	mpqr_signature_policy;
 extern int	mpqr_max_connections;
 extern int	mpqr_connection_timeout_s;
+extern int	mpqr_listen_request_timeout_ms;
 extern int	mpqr_worker_lock_timeout_ms;
 extern int	mpqr_worker_statement_timeout_ms;
 

@@ -10,11 +10,22 @@
  *
  * The callbacks only copy: the request line and headers go through
  * listener_request.c, which routes them (404 and 405 are answered at
- * once, and so is a Content-Length over mpqr.max_body, with 413), then the
- * body is buffered, and when it is complete the request joins the pending
- * list and its connection is suspended.  The worker takes the list, stores
+ * once, and so are an ambiguous framing of the body, with 400, and a
+ * Content-Length over mpqr.max_body, with 413), then the body is buffered,
+ * and when it is complete the request joins the pending list and its
+ * connection is suspended.  The worker takes the list, stores
  * the whole batch in one transaction, and answers each request with
  * MpqrHttpdAnswer(), which queues the response and resumes the connection.
+ *
+ * Every connection is booked in listener_conn.c, so that none can hold its
+ * place for ever: after each run, a connection past its deadline (a whole
+ * request within mpqr.listen_request_timeout) is answered 408 if it had
+ * started a request, and shut down; near the connection cap the oldest
+ * connections are shut down as well, so that new ones are always served.
+ * A held request (complete, waiting for its batch) is never shut down.
+ * Shutting the socket down, rather than closing it, leaves libmicrohttpd
+ * the owner of the descriptor: its next run reads the end of the stream
+ * and closes the connection as it would any other.
  *
  * No PostgreSQL error may unwind through libmicrohttpd's frames, so the
  * callbacks use malloc and static memory only: no palloc and no ereport.
@@ -25,17 +36,46 @@
  */
 #include "postgres.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <microhttpd.h>
+#include <sys/socket.h>
 
 #include "storage/ipc.h"
 
 #include "guc.h"
+#include "listener_conn.h"
 #include "listener_http.h"
 #include "shmem.h"
 
 /* per connection: buffer for headers, and the read buffer for the body */
 #define CONNECTION_MEMORY_LIMIT ((size_t) 32 * 1024)
+
+/*
+ * Near the cap: the oldest connections are shut down while more than the
+ * limit less this share of it are open.
+ */
+#define CONNECTION_RESERVE_DIVISOR	8
+
+/*
+ * Written as they are to a connection before it is shut down: where
+ * libmicrohttpd has no answer to give (see shut_down).
+ */
+static const char timeout_answer[] =
+"HTTP/1.1 408 Request Timeout\r\n"
+"Connection: close\r\n"
+"Content-Type: application/json\r\n"
+"Content-Length: 28\r\n"
+"\r\n"
+"{\"error\":\"request timeout\"}\n";
+
+static const char uri_answer[] =
+"HTTP/1.1 414 URI Too Long\r\n"
+"Connection: close\r\n"
+"Content-Type: application/json\r\n"
+"Content-Length: 37\r\n"
+"\r\n"
+"{\"error\":\"too many query arguments\"}\n";
 
 /* messages kept from libmicrohttpd between two runs */
 #define LOG_RING_SIZE	16
@@ -60,6 +100,7 @@ static CannedResponse canned[] = {
 	{405, MPQR_ROUTE_NOTIFICATIONS, "POST", "{\"error\":\"method not allowed\"}\n"},
 	{405, MPQR_ROUTE_HEALTHZ, "GET, HEAD", "{\"error\":\"method not allowed\"}\n"},
 	{413, MPQR_ROUTE_NOTIFICATIONS, NULL, "{\"error\":\"body too large\"}\n"},
+	{414, MPQR_ROUTE_NOTIFICATIONS, NULL, "{\"error\":\"too many query arguments\"}\n"},
 	{500, MPQR_ROUTE_NOTIFICATIONS, NULL, "{\"error\":\"internal error\"}\n"},
 	{503, MPQR_ROUTE_NOTIFICATIONS, NULL, "{\"error\":\"unavailable\"}\n"},
 	{503, MPQR_ROUTE_HEALTHZ, NULL, "{\"status\":\"unavailable\"}\n"},
@@ -67,6 +108,7 @@ static CannedResponse canned[] = {
 
 static struct MHD_Daemon *http_daemon = NULL;
 static unsigned int http_connection_limit = 0;
+static unsigned int http_connection_timeout_s = 0;
 
 /* complete requests waiting for the batch, in arrival order */
 static MpqrRequest *pending_head = NULL;
@@ -166,6 +208,28 @@ canned_response(int status, MpqrRoute route, const char *allow)
 }
 
 /*
+ * The booking of a connection, or NULL if it could not be booked.
+ */
+static MpqrConn *
+booked(struct MHD_Connection *connection)
+{
+	const union MHD_ConnectionInfo *info;
+
+	info = MHD_get_connection_info(connection,
+								   MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return info ? (MpqrConn *) info->socket_context : NULL;
+}
+
+static void
+set_phase(struct MHD_Connection *connection, MpqrConnPhase phase)
+{
+	MpqrConn   *c = booked(connection);
+
+	if (c != NULL)
+		MpqrConnSetPhase(c, phase, MpqrConnNowMs());
+}
+
+/*
  * Answer a request right away, from inside the handler.
  */
 static enum MHD_Result
@@ -173,6 +237,7 @@ answer_now(struct MHD_Connection *connection, int status, MpqrRoute route,
 		   const char *allow)
 {
 	count_answer(status);
+	set_phase(connection, MPQR_CONN_ANSWERING);
 	return MHD_queue_response(connection, status,
 							  canned_response(status, route, allow));
 }
@@ -212,8 +277,11 @@ handle_request(void *cls, struct MHD_Connection *connection,
 		const char *allow;
 		int			status;
 		size_t		max_body = 0;
+		MpqrConn   *c = booked(connection);
 
 		status = MpqrRequestRoute(method, url, &route, &allow);
+		if (status == 0 && c != NULL && c->refuse_status != 0)
+			status = c->refuse_status;
 		if (status != 0)
 			return answer_now(connection, status, route, allow);
 
@@ -234,11 +302,15 @@ handle_request(void *cls, struct MHD_Connection *connection,
 		req->connection = connection;
 		*con_cls = req;
 		if (route == MPQR_ROUTE_NOTIFICATIONS)
-		{
 			MHD_get_connection_values(connection, MHD_GET_ARGUMENT_KIND,
 									  keep_query, req);
-			MHD_get_connection_values(connection, MHD_HEADER_KIND,
-									  keep_header, req);
+		MHD_get_connection_values(connection, MHD_HEADER_KIND,
+								  keep_header, req);
+		status = MpqrRequestFramingStatus(req);
+		if (status != 0)
+		{
+			req->answered = true;
+			return answer_now(connection, status, route, NULL);
 		}
 		return MHD_YES;
 	}
@@ -269,8 +341,51 @@ handle_request(void *cls, struct MHD_Connection *connection,
 	else
 		pending_head = req;
 	pending_tail = req;
+	set_phase(connection, MPQR_CONN_HELD);
 	MHD_suspend_connection(connection);
 	return MHD_YES;
+}
+
+/*
+ * The request line has arrived: the request has begun.  What this returns
+ * is the handler's first *con_cls, which must stay NULL.
+ */
+static void *
+request_started(void *cls, const char *uri, struct MHD_Connection *connection)
+{
+	MpqrConn   *c = booked(connection);
+
+	if (c != NULL)
+	{
+		MpqrConnSetPhase(c, MPQR_CONN_READING, MpqrConnNowMs());
+		c->refuse_status = MpqrRequestUriStatus(uri);
+	}
+	return NULL;
+}
+
+/*
+ * Book each connection when it is accepted, and strike it off when
+ * libmicrohttpd closes it.
+ */
+static void
+connection_notified(void *cls, struct MHD_Connection *connection,
+					void **socket_context,
+					enum MHD_ConnectionNotificationCode toe)
+{
+	if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+	{
+		const union MHD_ConnectionInfo *info;
+
+		info = MHD_get_connection_info(connection,
+									   MHD_CONNECTION_INFO_CONNECTION_FD);
+		*socket_context = info ? MpqrConnOpen(info->connect_fd, connection,
+											  MpqrConnNowMs()) : NULL;
+	}
+	else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+	{
+		MpqrConnClose((MpqrConn *) *socket_context);
+		*socket_context = NULL;
+	}
 }
 
 /*
@@ -282,6 +397,7 @@ request_completed(void *cls, struct MHD_Connection *connection,
 {
 	MpqrRequestFree((MpqrRequest *) *con_cls);
 	*con_cls = NULL;
+	set_phase(connection, MPQR_CONN_WAITING);
 }
 
 /*
@@ -322,7 +438,8 @@ MpqrHttpdStart(const struct sockaddr *addr, unsigned int connection_limit,
 
 	/*
 	 * The logger must come first, so that it sees the errors of the options
-	 * after it.  MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose:
+	 * after it.  The URI logger's only use is to learn when a request has
+	 * begun.  MHD_OPTION_LISTENING_ADDRESS_REUSE is left out on purpose:
 	 * without it the socket gets plain SO_REUSEADDR, which rebinds at once
 	 * after a crash; 0 would disable that, 1 would add SO_REUSEPORT.
 	 */
@@ -338,11 +455,16 @@ MpqrHttpdStart(const struct sockaddr *addr, unsigned int connection_limit,
 								   CONNECTION_MEMORY_LIMIT,
 								   MHD_OPTION_NOTIFY_COMPLETED,
 								   request_completed, NULL,
+								   MHD_OPTION_NOTIFY_CONNECTION,
+								   connection_notified, NULL,
+								   MHD_OPTION_URI_LOG_CALLBACK,
+								   request_started, NULL,
 								   MHD_OPTION_SIGPIPE_HANDLED_BY_APP, 1,
 								   MHD_OPTION_END);
 	if (http_daemon == NULL)
 		return false;
 	http_connection_limit = connection_limit;
+	http_connection_timeout_s = connection_timeout_s;
 	return true;
 }
 
@@ -380,6 +502,98 @@ current_connections(void)
 	return info ? info->num_connections : 0;
 }
 
+static void
+connection_limits(MpqrConnLimits *limits)
+{
+	limits->request_ms = mpqr_listen_request_timeout_ms;
+	limits->idle_ms = (int64_t) http_connection_timeout_s * 1000;
+}
+
+/*
+ * Has libmicrohttpd an answer of its own for this connection, which it can
+ * send?  While it is still reading a request it has none, and writes
+ * nothing.  A URI refused on arrival (see MpqrRequestUriStatus) that the
+ * handler never saw is one whose arguments exhausted the connection's
+ * memory: libmicrohttpd 0.9.75 then queues a 431 that never leaves, and
+ * lets the client wait for its idle timeout.
+ */
+static bool
+answer_queued(const MpqrConn *c)
+{
+	const union MHD_ConnectionInfo *info;
+
+	info = MHD_get_connection_info((struct MHD_Connection *) c->handle,
+								   MHD_CONNECTION_INFO_HTTP_STATUS);
+	if (info == NULL)
+		return false;
+	return !(c->refuse_status != 0 &&
+			 info->http_status == MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
+
+/*
+ * Shut a connection down: libmicrohttpd's next run closes it.  First it
+ * is told why (408, or 414 for a URI refused on arrival), unless it was
+ * idle between requests or libmicrohttpd has an answer of its own, so
+ * that these bytes cannot interleave with libmicrohttpd's.  Best effort:
+ * the socket buffer may be full.
+ */
+static void
+shut_down(MpqrConn *c)
+{
+	int			status = MpqrConnTimeoutStatus(c);
+
+	if (status != 0 && !answer_queued(c))
+	{
+		const char *answer = status == 414 ? uri_answer : timeout_answer;
+		size_t		len = status == 414 ? sizeof(uri_answer) - 1 :
+		sizeof(timeout_answer) - 1;
+		ssize_t		rc;
+
+		do
+			rc = send(c->fd, answer, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		while (rc < 0 && errno == EINTR);
+		count_answer(status);
+	}
+	(void) shutdown(c->fd, SHUT_RDWR);
+	MpqrConnMarkEvicted(c);
+}
+
+/*
+ * Shut down the connections past their deadline, then, near the cap, the
+ * oldest ones until there is room again.
+ */
+static void
+enforce_limits(void)
+{
+	MpqrConnLimits limits;
+	int64_t		now = MpqrConnNowMs();
+	unsigned int reserve = http_connection_limit / CONNECTION_RESERVE_DIVISOR;
+	MpqrConn   *c;
+	uint64		timed_out = 0;
+	uint64		evicted = 0;
+
+	connection_limits(&limits);
+	while ((c = MpqrConnNextExpired(&limits, now)) != NULL)
+	{
+		if (c->refuse_status == 0)
+			timed_out++;
+		shut_down(c);
+	}
+	if (reserve > 0)
+	{
+		while ((unsigned int) MpqrConnLive() > http_connection_limit - reserve &&
+			   (c = MpqrConnOldestEvictable()) != NULL)
+		{
+			shut_down(c);
+			evicted++;
+		}
+	}
+	if (timed_out > 0)
+		MpqrCount(MPQR_CTR_CONNECTIONS_TIMED_OUT, timed_out);
+	if (evicted > 0)
+		MpqrCount(MPQR_CTR_CONNECTIONS_EVICTED, evicted);
+}
+
 /*
  * Let libmicrohttpd do all the I/O it can without blocking.
  *
@@ -397,6 +611,7 @@ MpqrHttpdRun(void)
 	if (before >= http_connection_limit &&
 		current_connections() < http_connection_limit)
 		MHD_run(http_daemon);
+	enforce_limits();
 }
 
 /*
@@ -407,12 +622,27 @@ long
 MpqrHttpdTimeout(void)
 {
 	MHD_UNSIGNED_LONG_LONG timeout;
+	MpqrConnLimits limits;
+	int64_t		deadline;
+	long		ms = -1;
 
-	if (MHD_get_timeout(http_daemon, &timeout) != MHD_YES)
-		return -1;
-	if (timeout > (MHD_UNSIGNED_LONG_LONG) INT_MAX)
-		return INT_MAX;
-	return (long) timeout;
+	if (MHD_get_timeout(http_daemon, &timeout) == MHD_YES)
+		ms = timeout > (MHD_UNSIGNED_LONG_LONG) INT_MAX ? INT_MAX : (long) timeout;
+
+	connection_limits(&limits);
+	deadline = MpqrConnNextDeadline(&limits);
+	if (deadline >= 0)
+	{
+		int64_t		left = deadline - MpqrConnNowMs();
+
+		if (left < 0)
+			left = 0;
+		if (left > INT_MAX)
+			left = INT_MAX;
+		if (ms < 0 || left < ms)
+			ms = (long) left;
+	}
+	return ms;
 }
 
 /*

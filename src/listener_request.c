@@ -7,10 +7,14 @@
  * headers first, then with chunks of the body.  These functions decide the
  * route (or the 404/405 answer), catch an over-long body (413), and copy
  * what the ingest function needs into one malloc'd request: the query
- * arguments (already URL-decoded by libmicrohttpd), the headers with their
- * names lowercased, and the raw body.  Everything is bounded; fields past
- * the bounds are dropped, except that the fields the ingest function reads
- * keep a reserve of room that the others cannot use.
+ * arguments (already URL-decoded by libmicrohttpd), the allowed headers
+ * with their names lowercased, and the raw body.  Everything is bounded;
+ * query arguments past the bounds are dropped, except that the ones the
+ * ingest function reads keep a reserve of room that the others cannot use.
+ * They also judge the framing of the body from the headers: a request that
+ * says both Content-Length and Transfer-Encoding, or says either twice or
+ * unreadably, is refused (400), so that no proxy in front can read a
+ * different body than the listener does.
  *
  * They run inside libmicrohttpd's callbacks, so they use malloc and
  * nothing that could raise a PostgreSQL error, and they are fuzzed.
@@ -30,9 +34,15 @@ static const char *const important_query[] = {
 	"topic", "id", "data.id", "type", "account", NULL
 };
 
-static const char *const important_headers[] = {
-	"content-type", "user-agent", "x-signature", "x-request-id", "x-retry",
-	"x-socket-timeout", "x-forwarded-for", NULL
+/*
+ * The only headers kept: what the ingest function reads or stores.  Any
+ * other header (Authorization, Cookie, an API key, anything nobody asked
+ * for) never leaves libmicrohttpd's buffer.
+ */
+static const char *const allowed_headers[] = {
+	"content-type", "content-length", "user-agent", "x-signature",
+	"x-request-id", "x-retry", "x-socket-timeout", "x-forwarded-for",
+	"x-real-ip", "x-forwarded-proto", NULL
 };
 
 /*
@@ -87,6 +97,30 @@ MpqrRequestRoute(const char *method, const char *url, MpqrRoute *route,
 		return 0;
 	}
 	return 404;
+}
+
+/*
+ * Judge a request's URI as soon as it arrives: 414 when its query string
+ * holds more than MPQR_REQUEST_MAX_URI_ARGS arguments, else 0.
+ *
+ * libmicrohttpd splits the arguments into its per-connection memory before
+ * calling the handler; with too many it runs out, and leaves the client
+ * with no answer at all.  Mercado Pago sends three or four.
+ */
+int
+MpqrRequestUriStatus(const char *uri)
+{
+	const char *q;
+	int			args = 1;
+
+	if (uri == NULL || (q = strchr(uri, '?')) == NULL)
+		return 0;
+	for (q++; *q != '\0'; q++)
+	{
+		if (*q == '&' && ++args > MPQR_REQUEST_MAX_URI_ARGS)
+			return 414;
+	}
+	return 0;
 }
 
 /*
@@ -257,16 +291,100 @@ MpqrRequestAddQuery(MpqrRequest *req, const char *name, const char *value)
 }
 
 /*
- * Keep a header, its name lowercased.
+ * Case-insensitive comparison of a header name with a lowercase name.
+ */
+static bool
+name_is(const char *name, const char *lower)
+{
+	for (; *name != '\0' && *lower != '\0'; name++, lower++)
+	{
+		char		c = *name;
+
+		if (c >= 'A' && c <= 'Z')
+			c = (char) (c + ('a' - 'A'));
+		if (c != *lower)
+			return false;
+	}
+	return *name == *lower;
+}
+
+static bool
+allowed_header(const char *name)
+{
+	for (const char *const *a = allowed_headers; *a != NULL; a++)
+	{
+		if (name_is(name, *a))
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Is this Content-Length value one decimal number (with optional blanks
+ * around it)?
+ */
+static bool
+plain_length(const char *value)
+{
+	const char *p = value;
+
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (*p < '0' || *p > '9')
+		return false;
+	while (*p >= '0' && *p <= '9')
+		p++;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	return *p == '\0';
+}
+
+/*
+ * Take note of how a header frames the body.
+ */
+static void
+note_framing(MpqrRequest *req, const char *name, const char *value)
+{
+	if (name_is(name, "content-length"))
+	{
+		if (req->content_lengths++ > 0 || value == NULL || !plain_length(value))
+			req->bad_framing = true;
+	}
+	else if (name_is(name, "transfer-encoding"))
+	{
+		if (req->transfer_encodings++ > 0 || value == NULL ||
+			!name_is(value, "chunked"))
+			req->bad_framing = true;
+	}
+	if (req->content_lengths > 0 && req->transfer_encodings > 0)
+		req->bad_framing = true;
+}
+
+/*
+ * Look at a header: note its framing, and keep it, its name lowercased, if
+ * it is on the allow-list.  Returns whether it was kept.
  */
 bool
 MpqrRequestAddHeader(MpqrRequest *req, const char *name, const char *value)
 {
 	if (name == NULL)
 		return false;
+	note_framing(req, name, value);
+	if (!allowed_header(name))
+		return false;
 	return add_field(req, req->headers, &req->nheaders,
 					 MPQR_REQUEST_MAX_HEADERS, name, value ? value : "", true,
-					 important_headers);
+					 allowed_headers);
+}
+
+/*
+ * The answer the headers call for before any body is read: 400 when the
+ * body's framing is ambiguous (see note_framing), else 0.
+ */
+int
+MpqrRequestFramingStatus(const MpqrRequest *req)
+{
+	return req->bad_framing ? 400 : 0;
 }
 
 /*

@@ -20,8 +20,9 @@
 
 /* bounds on what one request may keep */
 #define MPQR_REQUEST_MAX_QUERY		32	/* query arguments */
-#define MPQR_REQUEST_MAX_HEADERS	48	/* headers */
+#define MPQR_REQUEST_MAX_HEADERS	48	/* allowed headers, repeats included */
 #define MPQR_REQUEST_MAX_STRINGS	16384	/* bytes of names and values */
+#define MPQR_REQUEST_MAX_URI_ARGS	128 /* query arguments in a URI, at most */
 
 /*
  * A body over max_body is read and thrown away (so that the 413 can be
@@ -61,6 +62,11 @@ typedef struct MpqrRequest
 	/* the answer decided while reading (413), or 0 */
 	int			early_status;
 
+	/* how the headers frame the body (see MpqrRequestFramingStatus) */
+	int			content_lengths;
+	int			transfer_encodings;
+	bool		bad_framing;
+
 	int			nquery;
 	int			nheaders;
 	MpqrField	query[MPQR_REQUEST_MAX_QUERY];
@@ -83,6 +89,7 @@ typedef struct MpqrRequest
 
 extern int	MpqrRequestRoute(const char *method, const char *url,
 							 MpqrRoute *route, const char **allow);
+extern int	MpqrRequestUriStatus(const char *uri);
 extern bool MpqrRequestLengthTooLarge(const char *content_length,
 									  size_t max_body);
 extern MpqrRequest *MpqrRequestCreate(MpqrRoute route, size_t max_body);
@@ -91,6 +98,7 @@ extern bool MpqrRequestAddQuery(MpqrRequest *req, const char *name,
 								const char *value);
 extern bool MpqrRequestAddHeader(MpqrRequest *req, const char *name,
 								 const char *value);
+extern int	MpqrRequestFramingStatus(const MpqrRequest *req);
 extern MpqrBodyResult MpqrRequestAppendBody(MpqrRequest *req,
 											const char *data, size_t size);
 

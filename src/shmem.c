@@ -41,6 +41,8 @@ static const char *const counter_names[MPQR_NUM_COUNTERS] = {
 	[MPQR_CTR_BAD_REQUESTS] = "listener_bad_requests",
 	[MPQR_CTR_UNAVAILABLE] = "listener_unavailable",
 	[MPQR_CTR_LISTENER_BATCHES] = "listener_batches",
+	[MPQR_CTR_CONNECTIONS_TIMED_OUT] = "listener_timed_out",
+	[MPQR_CTR_CONNECTIONS_EVICTED] = "listener_evicted",
 };
 
 static void

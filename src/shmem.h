@@ -34,9 +34,11 @@ typedef enum MpqrCounter
 	MPQR_CTR_HTTP_REQUESTS,		/* every request the listener answered */
 	MPQR_CTR_NOTIFICATIONS_STORED,
 	MPQR_CTR_SIGNATURE_REJECTED,	/* 401 under signature_policy=enforce */
-	MPQR_CTR_BAD_REQUESTS,		/* 400, 404, 405, 413 */
+	MPQR_CTR_BAD_REQUESTS,		/* 400, 404, 405, 408, 413, ... */
 	MPQR_CTR_UNAVAILABLE,		/* 503 */
 	MPQR_CTR_LISTENER_BATCHES,	/* group commits */
+	MPQR_CTR_CONNECTIONS_TIMED_OUT,	/* closed at mpqr.listen_request_timeout */
+	MPQR_CTR_CONNECTIONS_EVICTED,	/* closed to make room near the cap */
 	MPQR_NUM_COUNTERS
 } MpqrCounter;
 

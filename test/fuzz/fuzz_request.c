@@ -13,8 +13,11 @@
  *		name: value\n   headers, up to an empty line
  *		body            the rest, fed in chunks
  * The query string of the URL is split on '&' and '=' as libmicrohttpd
- * would (without decoding).  Whatever the bytes, the bounds must hold and
- * every kept string must be NUL-terminated where its length says.
+ * would (without decoding).  Whatever the bytes, the bounds must hold,
+ * every kept string must be NUL-terminated where its length says, only
+ * headers of the allow-list may be kept, a request that names both
+ * Content-Length and Transfer-Encoding must be refused with 400, and a URI
+ * with more than MPQR_REQUEST_MAX_URI_ARGS arguments with 414.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "listener_request.h"
 
@@ -57,6 +61,24 @@ next_line(const uint8_t **p, const uint8_t *end)
 	return s;
 }
 
+/* the allow-list, written out again as the oracle */
+static const char *const allowed[] = {
+	"content-type", "content-length", "user-agent", "x-signature",
+	"x-request-id", "x-retry", "x-socket-timeout", "x-forwarded-for",
+	"x-real-ip", "x-forwarded-proto", NULL
+};
+
+static int
+is_allowed(const char *name)
+{
+	for (int i = 0; allowed[i] != NULL; i++)
+	{
+		if (strcmp(name, allowed[i]) == 0)
+			return 1;
+	}
+	return 0;
+}
+
 static void
 check_fields(const MpqrRequest *req, const MpqrField *fields, int n, int max,
 			 int lowercase)
@@ -74,6 +96,7 @@ check_fields(const MpqrRequest *req, const MpqrField *fields, int n, int max,
 		{
 			for (uint32_t k = 0; k < f->name_len; k++)
 				check(name[k] < 'A' || name[k] > 'Z', "header name lowercased");
+			check(is_allowed(name), "only allowed headers kept");
 		}
 		if (value != NULL)
 		{
@@ -100,6 +123,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	int			status;
 	MpqrRequest *req;
 	char	   *content_length = NULL;
+	int			saw_length = 0,
+				saw_encoding = 0;
 	MpqrBodyResult result = MPQR_BODY_OK;
 
 	if (size < 2)
@@ -115,6 +140,22 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		free(method);
 		free(url);
 		return 0;
+	}
+
+	/* a URI with too many arguments is refused, one with few never */
+	{
+		int			args = 0;
+		const char *q = strchr(url, '?');
+
+		if (q != NULL)
+		{
+			args = 1;
+			for (q++; *q != '\0'; q++)
+				args += (*q == '&');
+		}
+		status = MpqrRequestUriStatus(url);
+		check(status == (args > MPQR_REQUEST_MAX_URI_ARGS ? 414 : 0),
+			  "414 exactly when there are too many arguments");
 	}
 
 	status = MpqrRequestRoute(method, url, &route, &allow);
@@ -163,11 +204,24 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			while (*value == ' ')
 				value++;
 			MpqrRequestAddHeader(req, line, value);
-			if (strcmp(line, "Content-Length") == 0 && content_length == NULL)
-				content_length = strdup(value);
+			if (strcasecmp(line, "Content-Length") == 0)
+			{
+				saw_length = 1;
+				if (content_length == NULL)
+					content_length = strdup(value);
+			}
+			if (strcasecmp(line, "Transfer-Encoding") == 0)
+				saw_encoding = 1;
 		}
 		free(line);
 	}
+
+	status = MpqrRequestFramingStatus(req);
+	check(status == 0 || status == 400, "framing status");
+	if (saw_length && saw_encoding)
+		check(status == 400, "Content-Length with Transfer-Encoding refused");
+	if (!saw_length && !saw_encoding)
+		check(status == 0, "no framing headers, nothing to refuse");
 
 	if (MpqrRequestLengthTooLarge(content_length, max_body))
 		check(content_length != NULL && strtoull(content_length, NULL, 10) > max_body,

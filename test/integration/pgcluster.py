@@ -6,6 +6,7 @@ goes through runuser.  The tests connect over the cluster's own Unix socket
 as the ``postgres`` database user.
 """
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,15 @@ import psycopg2.extensions
 # so that two checkouts can be built and tested side by side.
 PG_BIN = os.environ.get("MPQR_PG_BIN", "/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
+
+# Hooks for the sanitizer and valgrind runs (make test-sanitize, make
+# valgrind): MPQR_SERVER_ENV is VAR=value pairs, in shell words, set
+# for the server only (LD_PRELOAD of libasan, ASAN_OPTIONS); the tests'
+# own processes do not get them.  MPQR_SERVER_WRAPPER is a program that
+# pg_ctl runs instead of postgres, with postgres's arguments.
+SERVER_ENV = shlex.split(os.environ.get("MPQR_SERVER_ENV", ""))
+SERVER_WRAPPER = os.environ.get("MPQR_SERVER_WRAPPER")
+START_TIMEOUT = "600" if SERVER_WRAPPER else "60"
 
 
 def free_port():
@@ -116,8 +126,13 @@ class Cluster:
         self.write_conf()
 
     def start(self):
-        as_pg_user([os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", self.log,
-                    "-w", "-t", "60", "start"], stdout=subprocess.DEVNULL)
+        argv = [os.path.join(PG_BIN, "pg_ctl"), "-D", self.data, "-l", self.log,
+                "-w", "-t", START_TIMEOUT, "start"]
+        if SERVER_WRAPPER:
+            argv[1:1] = ["-p", SERVER_WRAPPER]
+        if SERVER_ENV:
+            argv = ["env"] + SERVER_ENV + argv
+        as_pg_user(argv, stdout=subprocess.DEVNULL)
         self.running = True
         return self
 
