@@ -629,9 +629,10 @@ MpqrSenderMain(Datum main_arg)
 								   lengthof(events), PG_WAIT_EXTENSION);
 		for (int i = 0; i < nevents; i++)
 		{
-			if (events[i].events & WL_LATCH_SET)
-			{
+			if ((events[i].events & WL_LATCH_SET) != 0)
 				ResetLatch(MyLatch);
+			if ((events[i].events & WL_LATCH_SET) != 0 && MpqrSenderWasWoken())
+			{
 				/* a commit queued work, or the extension appeared */
 				st.work_possible = true;
 				if (!st.ready)

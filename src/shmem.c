@@ -67,6 +67,7 @@ mpqr_shmem_startup(void)
 	{
 		memset(MpqrState, 0, sizeof(MpqrShared));
 		SpinLockInit(&MpqrState->mutex);
+		pg_atomic_init_u32(&MpqrState->sender_woken, 0);
 		pg_atomic_init_u32(&MpqrState->warned, 0);
 		for (int i = 0; i < MPQR_NUM_COUNTERS; i++)
 			pg_atomic_init_u64(&MpqrState->counters[i], 0);
@@ -201,7 +202,10 @@ MpqrWorkerSetError(MpqrWorkerSlot *slot, const char *message)
 }
 
 /*
- * Set the sender's latch, if it runs.
+ * Set the sender's latch, if it runs, noting that work was queued: the latch
+ * is also set by signals that mean nothing to the sender (a timeout's alarm
+ * that PostgreSQL leaves armed once it is disabled), which must not make it
+ * look for work.
  */
 void
 MpqrWakeSender(void)
@@ -210,9 +214,19 @@ MpqrWakeSender(void)
 
 	if (MpqrState == NULL)
 		return;
+	pg_atomic_write_u32(&MpqrState->sender_woken, 1);
 	SpinLockAcquire(&MpqrState->mutex);
 	latch = MpqrState->sender.latch;
 	SpinLockRelease(&MpqrState->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * Was the sender woken by MpqrWakeSender() since the last call?  Clears it.
+ */
+bool
+MpqrSenderWasWoken(void)
+{
+	return MpqrState != NULL && pg_atomic_exchange_u32(&MpqrState->sender_woken, 0) != 0;
 }

@@ -92,6 +92,7 @@ typedef struct MpqrShared
 	MpqrTokenBucket buckets[MPQR_NUM_BUCKETS];
 	MpqrInstallNote install;
 	pg_atomic_uint32 warned;	/* bits of mpqr.warn_once() */
+	pg_atomic_uint32 sender_woken;	/* a commit queued work since the last look */
 	pg_atomic_uint64 counters[MPQR_NUM_COUNTERS];
 } MpqrShared;
 
@@ -102,6 +103,7 @@ extern void MpqrCount(MpqrCounter counter, uint64 n);
 extern void MpqrWorkerAttach(MpqrWorkerSlot *slot);
 extern void MpqrWorkerSetError(MpqrWorkerSlot *slot, const char *message);
 extern void MpqrWakeSender(void);
+extern bool MpqrSenderWasWoken(void);
 extern const char *MpqrCounterName(MpqrCounter counter);
 extern int	MpqrCounterByName(const char *name);
 extern bool MpqrRestoreInProgress(void);

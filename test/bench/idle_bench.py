@@ -68,7 +68,7 @@ def main():
         # P5: let the start-up work settle, then watch 20 s of nothing
         wait_for(lambda: not c.scalar("SELECT EXISTS (SELECT FROM mpqr.requests "
                                       "WHERE state IN ('queued', 'inflight'))"), 60)
-        time.sleep(3)  # not a synchronisation: the quiet period before the window
+        time.sleep(15)  # not a synchronisation: start-up work settles before the window
         xact0 = c.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'")
         cpu0 = cpu_seconds(sender) + cpu_seconds(listener)
         t0 = time.monotonic()
