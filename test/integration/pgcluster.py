@@ -184,21 +184,14 @@ class Cluster:
         rows = self.execute(sql, params, dbname)
         return rows[0][0] if rows else None
 
-    def drop_extension(self, dbname="postgres", attempts=10):
+    def drop_extension(self, dbname="postgres"):
         """DROP EXTENSION mpqr while its workers run.
 
-        The workers' transactions hold locks on the extension's tables, which
-        DROP EXTENSION takes one after another: now and then the deadlock
-        detector picks the DROP as its victim.  That is PostgreSQL working as
-        designed; the DROP is simply tried again.
+        Each unit of work of the workers takes a share lock on the extension
+        first, which DROP EXTENSION takes exclusively before anything else:
+        the DROP waits for the unit, and never deadlocks with it.
         """
-        for i in range(attempts):
-            try:
-                self.execute("DROP EXTENSION IF EXISTS mpqr CASCADE", dbname=dbname)
-                return
-            except psycopg2.errors.DeadlockDetected:
-                if i == attempts - 1:
-                    raise
+        self.execute("DROP EXTENSION IF EXISTS mpqr CASCADE", dbname=dbname)
 
     def wait_ready(self, timeout=60):
         """Wait until the server accepts connections (after a crash restart)."""
