@@ -89,10 +89,12 @@ def main():
         with open(lua, "w") as f:
             f.write(LUA)
         rounds = []
+        fds_idle = footprint(listener)[1]
         for i in range(4):
             run(["wrk", "-t2", "-c32", "-d%ds" % LOAD, "-s", lua, "http://127.0.0.1:%d" % port])
-            # the connections are closed once wrk exits; let the listener see it
-            wait_for(lambda: footprint(listener)[1] <= (rounds[0][1] if rounds else 10 ** 6), 10,
+            # wrk has closed its connections; wait for the listener to close
+            # its side (at the latest after mpqr.connection_timeout)
+            wait_for(lambda: footprint(listener)[1] <= fds_idle, 60,
                      what="the listener to close wrk's connections")
             rounds.append(footprint(listener))
             print("  after round %d: listener RssAnon %d kB, %d fds; stored %s"
