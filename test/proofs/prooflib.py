@@ -8,6 +8,7 @@ the proofs' own notifications reach.
 import os
 import subprocess
 import sys
+from collections import Counter
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
@@ -23,6 +24,7 @@ LOCATION = {"street_number": "1", "street_name": "Calle", "city_name": "Palermo"
             "state_name": "Capital Federal", "latitude": -34.6, "longitude": -58.4, "reference": "x"}
 PUT_RE = r"^/instore/qr/seller/collectors/%d/stores/[^/]+/pos/[^/]+/orders$" % IST
 POST_RE = r"^/v1/orders$"
+UNPAID = Counter()  # why the customer could not pay, when not
 
 
 def commit():
@@ -81,5 +83,6 @@ def pay(sim, c, ref):
         if acct == "ist":
             return sim.pay(user_id=IST, external_pos_id=pos)
         return sim.pay(user_id=ORD, order_id=mp_id)
-    except AssertionError:
+    except AssertionError as e:
+        UNPAID[str(e)[:120]] += 1
         return None
