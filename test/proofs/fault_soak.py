@@ -19,7 +19,9 @@ Checked:
   of a round's step;
 - backoff: for each publish (an Orders API POST by its idempotency key, an
   instore order by its POS and reference, its checks included) the pause
-  between a faulted answer and the next attempt is at most
+  between a faulted answer (but for slow ones, and a malformed 200 to an
+  instore PUT, which answers 204 with no body to read: both are successes)
+  and the next attempt is at most
   mpqr.retry_max_delay (plus 1 s for the sender's wake-up), and after a 429
   it is at least its Retry-After;
 - outage: OUTAGE_ORDERS orders are put, MP answers 503 to everything for
@@ -108,6 +110,8 @@ def gaps(sim, specs):
             kind = specs.get(prev["fault"])
             if kind is None or kind == "slow":
                 continue
+            if kind == "malformed" and prev["method"] == "PUT":
+                continue  # a 2xx to an instore PUT, whose body mpqr need not read: done, no retry
             if nxt["method"] == "PUT" and json.loads(nxt["body"])["external_reference"] != ref:
                 continue  # the next round's order on that POS, not a retry
             took = min(FAULTS[kind].get("latency_ms", 0) / 1000.0, HTTP_TIMEOUT)
@@ -131,7 +135,11 @@ def outage(c, sim):
              interval=0.2, what="the outage's orders to be published")
     recovered = time.time() - end
     time.sleep(max(0.0, end + 10 - time.time()))  # the 10 s after the outage, to count them
-    ts = [r["ts"] for r in sim.requests() if r["ts"] >= start]
+    log = [r for r in sim.requests() if r["ts"] >= start]
+    ts = [r["ts"] for r in log]
+    what = Counter("%s %s" % (r["method"], re.sub(r"\d{3,}|ORD\w+|[IO]\d+", "N", r["path"]))
+                   for r in log if end <= r["ts"] < end + 10)
+    print("outage: the requests of the 10 s after it: %s" % dict(what))
     during = Counter(int(t - start) for t in ts if t < end)
     after = Counter(int(t - end) for t in ts if end <= t < end + 10)
     return refs, pending, during, after, recovered
@@ -172,6 +180,9 @@ def main():
                  100.0 * sum(faulted.values()) / max(1, len(log)), dict(faulted)))
         print("soak: final status %s; failed errors %s; not converged %d; requests left queued "
               "or in flight %d" % (dict(out), dict(errors), len(unconverged), left))
+        if prooflib.NO_ID:
+            print("soak: %d published Orders API orders had no mp_order_id (paid by scanning the POS), e.g. %s"
+                  % (len(prooflib.NO_ID), list(prooflib.NO_ID.items())[:3]))
         if prooflib.UNPAID:
             print("soak: the customer could not pay: %s" % dict(prooflib.UNPAID))
         if unconverged:

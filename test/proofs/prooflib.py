@@ -25,6 +25,7 @@ LOCATION = {"street_number": "1", "street_name": "Calle", "city_name": "Palermo"
 PUT_RE = r"^/instore/qr/seller/collectors/%d/stores/[^/]+/pos/[^/]+/orders$" % IST
 POST_RE = r"^/v1/orders$"
 UNPAID = Counter()  # why the customer could not pay, when not
+NO_ID = {}  # published Orders API orders without an MP id: ref -> the order found on the POS
 
 
 def commit():
@@ -69,7 +70,8 @@ def shop(c, sim, npos):
 
 
 def pay(sim, c, ref):
-    """The customer pays the order ref where it is now (instore: its POS; Orders API: its id).
+    """The customer pays the order ref where it is now (instore: its POS; Orders API: its
+    id, or the order on its POS when mpqr has none).
 
     Returns the simulator's answer, or None when there is nothing to pay
     (the order was replaced on its POS meanwhile).
@@ -82,6 +84,9 @@ def pay(sim, c, ref):
     try:
         if acct == "ist":
             return sim.pay(user_id=IST, external_pos_id=pos)
+        if mp_id is None:  # mpqr has no id for it: the customer scans the POS to find it
+            mp_id = sim.scan(user_id=ORD, external_pos_id=pos).get("order_id")
+            NO_ID[ref] = mp_id
         return sim.pay(user_id=ORD, order_id=mp_id)
     except AssertionError as e:
         UNPAID[str(e)[:120]] += 1
