@@ -7,6 +7,7 @@ handler consults for every API (non-control) request.
 """
 
 import collections
+import random
 import re
 import threading
 import time
@@ -24,12 +25,13 @@ class Faults:
     """Queued faults; the first matching one with times > 0 is consumed."""
 
     FIELDS = {"method", "path", "status", "times", "retry_after", "body", "drop",
-              "latency_ms", "malformed", "headers", "process", "code"}
+              "latency_ms", "malformed", "headers", "process", "code", "chance"}
 
     def __init__(self):
         self.lock = threading.Lock()
         self.items = []
         self.ids = 0
+        self.random = random.Random()
 
     def add(self, spec):
         if not isinstance(spec, dict):
@@ -43,8 +45,10 @@ class Faults:
              "drop": bool(spec.get("drop", False)), "latency_ms": int(spec.get("latency_ms", 0)),
              "malformed": bool(spec.get("malformed", False)),
              "headers": spec.get("headers") or {}, "process": bool(spec.get("process", False)),
-             "code": spec.get("code")}
+             "code": spec.get("code"), "chance": float(spec.get("chance", 1))}
         re.compile(f["path"])
+        if not 0 <= f["chance"] <= 1:
+            raise ValueError("chance must be between 0 and 1")
         if f["status"] is None and f["code"] in TRANSIENT:
             f["status"] = TRANSIENT[f["code"]]
         if f["status"] is None and not (f["drop"] or f["malformed"] or f["latency_ms"]):
@@ -59,6 +63,8 @@ class Faults:
         with self.lock:
             for f in self.items:
                 if f["times"] > 0 and f["method"] in ("*", method) and re.search(f["path"], path):
+                    if f["chance"] < 1 and self.random.random() >= f["chance"]:
+                        continue
                     f["times"] -= 1
                     return dict(f)
         return None

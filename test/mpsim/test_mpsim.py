@@ -493,6 +493,18 @@ def test_faults(env):
     assert log[0]["headers"]["authorization"] == "Bearer " + TOKEN
 
 
+def test_fault_chance(env):
+    sim, _, _, _ = env
+    sim.ctl("faults", {"path": "^/pos", "status": 503, "times": 1000, "chance": 0.25})
+    codes = [sim.api("GET", "/pos?external_id=SUC001POS001")[0] for _ in range(400)]
+    hit = codes.count(503)
+    assert 50 <= hit <= 150 and codes.count(200) == 400 - hit
+    assert sim.ctl("faults", method="GET")[0]["times"] == 1000 - hit
+    sim.ctl("faults", method="DELETE")
+    sim.ctl("faults", {"path": "^/pos", "status": 503, "chance": 0})
+    assert sim.api("GET", "/pos?external_id=SUC001POS001")[0] == 200
+
+
 def test_currency_integer_sites(env):
     sim, _, _, _ = env
     sim.ctl("accounts", {"user_id": 777, "token": "APP_USR-co", "site_id": "MCO"})
