@@ -358,6 +358,21 @@ SELECT count(*) AS fetches, count(*) FILTER (WHERE not_before > now()) AS after_
   FROM mpqr.requests WHERE subject = '880001';
 SELECT (mpqr.queue_fetch('main', 'merchant_order', 'not-a-number')).outcome;
 
+-- an Orders API order created, but the answer's body cut short: no id, so
+-- it is sent again with the same idempotency key, which gives the order
+UPDATE mpqr.requests SET state = 'done' WHERE state IN ('queued', 'inflight');
+SELECT mpqr_add_pos('P5', 'S3', 'Caja 5', account => 'ord', register => false);
+SELECT mpqr_put_order('P5', 'M', 20) > 0 AS put;
+SELECT id, method, path FROM pg_temp.claim();
+SELECT pg_temp.answer(201, '{"id":"ORDTST01M","sta');
+SELECT ref, status, mp_order_id FROM pg_temp.o WHERE ref = 'M';
+SELECT pg_temp.later_is_now();
+SELECT id, method, path FROM pg_temp.claim();
+SELECT pg_temp.answer(201, '{"id":"ORDTST01M","status":"created"}');
+SELECT ref, status, mp_order_id FROM pg_temp.o WHERE ref = 'M';
+SELECT count(DISTINCT q.idempotency_key) AS keys, count(*) AS requests FROM mpqr.requests q JOIN mpqr.orders o ON o.id = q.order_id
+ WHERE o.external_reference = 'M';
+
 -- clean up for the next test
 DROP EXTENSION mpqr CASCADE;
 CREATE EXTENSION mpqr;

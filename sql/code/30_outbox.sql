@@ -381,6 +381,11 @@ LANGUAGE sql STABLE PARALLEL SAFE
 AS $$
     SELECT CASE
         WHEN http_status = -1 THEN 'skipped'
+        -- an Orders API order created, but whose id the answer does not
+        -- give (a truncated body): sent again with its idempotency key,
+        -- which answers with the same order
+        WHEN http_status BETWEEN 200 AND 299 AND r.phase IS NULL AND r.kind = 'publish'
+             AND r.method = 'POST' AND (mpqr.try_jsonb(body) ->> 'id') IS NULL THEN 'retry'
         WHEN http_status BETWEEN 200 AND 299 THEN CASE WHEN r.phase IS NULL THEN 'success' ELSE 'phase' END
         WHEN http_status = 404 AND r.phase IS NOT NULL THEN 'phase'
         WHEN mpqr.retryable(r.kind, http_status, body) THEN 'retry'
@@ -486,7 +491,9 @@ DECLARE
 BEGIN
     IF NOT one_by_one THEN
         SELECT array_agg((live[i]).kind = 'publish' AND (live[i]).phase IS NULL
-                         AND (outs[i]).http_status BETWEEN 200 AND 299 ORDER BY i)
+                         AND (outs[i]).http_status BETWEEN 200 AND 299
+                         AND mpqr.answer_class(live[i], (outs[i]).http_status, (outs[i]).body) = 'success'
+                         ORDER BY i)
           INTO fast
           FROM generate_subscripts(live, 1) i;
         t := mpqr.publish_done_batch(
