@@ -14,10 +14,15 @@ if [ "$(id -u)" = 0 ]; then
     chown postgres: "$out"
     run=(runuser -u postgres --)
 fi
+# the inputs are copied where the postgres OS user can read them, whatever
+# the permissions of the checkout (a private temporary clone, say)
+mkdir "$out/input"
+cp -r sql expected test/regress.conf "$out/input/"
+chmod -R a+rX "$out/input"
 status=0
-"${run[@]}" "$pg_regress" --temp-instance="$out/instance" --temp-config=test/regress.conf \
-    --bindir="$("$PG_CONFIG" --bindir)" --inputdir=. --outputdir="$out" \
-    --load-extension=mpqr --dbname=contrib_regression $tests || status=$?
+(cd "$out/input" && "${run[@]}" "$pg_regress" --temp-instance="$out/instance" \
+    --temp-config=regress.conf --bindir="$("$PG_CONFIG" --bindir)" --inputdir=. \
+    --outputdir="$out" --load-extension=mpqr --dbname=contrib_regression $tests) || status=$?
 if [ "$status" != 0 ] && [ -f "$out/regression.diffs" ]; then
     cp "$out/regression.diffs" regression.diffs
     echo "differences in regression.diffs" >&2
