@@ -425,27 +425,41 @@ def test_other_error_while_redoing_a_batch_answers_503_and_recovers(db, base):
     another error strikes then (here a cancel while waiting for a lock), the
     whole batch gets 503 and the listener goes on with the next batch."""
     pid = int(db.status()["listener_pid"])
+
+    def waiting():
+        return wait_for(lambda: db.scalar(
+            "SELECT query FROM pg_stat_activity WHERE pid = %s"
+            " AND wait_event_type = 'Lock'", (pid,)), 10, what="the listener to wait")
+
     exercised = 0
     # which of the two requests the batch reaches first is up to the server,
     # and only "bad first" exercises the redo; try both orders a few times
-    for attempt in range(20):
-        bad_conn, good_conn = connect(base), connect(base)
+    for attempt in range(10):
+        conns = [connect(base) for _ in range(3)]
+        blocker, bad_conn, good_conn = conns
         try:
-            assert send(base, "GET", "/healthz", conn=bad_conn)[0] == 200
-            assert send(base, "GET", "/healthz", conn=good_conn)[0] == 200
+            for c in conns:
+                assert send(base, "GET", "/healthz", conn=c)[0] == 200
             locker = db.connect(autocommit=False)
             try:
                 with locker.cursor() as cur:
                     cur.execute("LOCK TABLE mpqr.requests IN ACCESS EXCLUSIVE MODE")
+                # a first batch waits for the lock, so that the two requests
+                # sent meanwhile arrive whole and make the next batch together
+                blocker.request("POST", "/notifications?topic=payment&id=%d" % (300 + attempt),
+                                headers={"X-Request-Id": str(uuid.uuid4())})
+                waiting()
                 sends = [lambda: bad_conn.request("POST", "/notifications?topic=payment&id=41", body="{oops",
                                                   headers={"X-Request-Id": str(uuid.uuid4())}),
                          lambda: good_conn.request("POST", "/notifications?topic=payment&id=%d" % (42 + attempt),
                                                    headers={"X-Request-Id": str(uuid.uuid4())})]
                 for send_one in (sends if attempt % 2 == 0 else reversed(sends)):
                     send_one()
-                activity = wait_for(lambda: db.scalar(
-                    "SELECT query FROM pg_stat_activity WHERE pid = %s"
-                    " AND wait_event_type = 'Lock'", (pid,)), 10, what="the listener to wait")
+                db.execute("SELECT pg_cancel_backend(%s)", (pid,))
+                first = blocker.getresponse()
+                first.read()
+                assert first.status == 503
+                activity = waiting()
                 db.execute("SELECT pg_cancel_backend(%s)", (pid,))
             finally:
                 locker.rollback()
@@ -457,8 +471,8 @@ def test_other_error_while_redoing_a_batch_answers_503_and_recovers(db, base):
                 exercised += 1
                 assert (bad.status, good.status) == (503, 503)
         finally:
-            bad_conn.close()
-            good_conn.close()
+            for c in conns:
+                c.close()
         # the same worker stores the next notification at once
         rid = str(uuid.uuid4())
         assert send(base, "POST", "/notifications?topic=payment&id=50", None,
