@@ -108,9 +108,12 @@ def main():
             wait_for(lambda: sockets(listener) <= sockets_idle, 60,
                      what="the listener to close wrk's connections")
             rounds.append(footprint(listener))
-            print("  after round %d: listener RssAnon %d kB, %d fds; stored %s"
-                  % (i + 1, rounds[-1][0], rounds[-1][1],
-                     c.scalar("SELECT count(*) FROM mpqr.notifications")), flush=True)
+            files = sorted({os.readlink("/proc/%d/fd/%s" % (listener, fd)).split("/")[-1]
+                            for fd in os.listdir("/proc/%d/fd" % listener)
+                            if "/base/" in os.readlink("/proc/%d/fd/%s" % (listener, fd))})
+            print("  after round %d: listener RssAnon %d kB, %d fds (%d sockets, %d relation files); "
+                  "stored %s" % (i + 1, rounds[-1][0], rounds[-1][1], sockets(listener), len(files),
+                                 c.scalar("SELECT count(*) FROM mpqr.notifications")), flush=True)
         first, last = rounds[0], rounds[-1]
         print("P6: listener after 3 more rounds vs after the first: RssAnon %+.1f%%, fds %+d"
               % (100.0 * (last[0] - first[0]) / first[0], last[1] - first[1]))
